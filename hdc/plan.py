@@ -1,0 +1,117 @@
+"""A Plan: what a communication strategy asks the network to do, as data.
+
+A plan is a list of steps over one flat buffer of `numel` elements that every rank holds.
+Each step is one collective run concurrently by several disjoint rank groups, each group on
+its own region of the buffer. Executors (numpy reference, SimPy simulator, torch.distributed)
+run any plan; they never look at which strategy made it.
+
+Shard convention (shared by every executor): a region of n elements split over p members
+gives member i the slice `split(n, p)[i]` — the first n % p members get one extra element.
+After a reduce-scatter member i holds the sum of shard i; an all-gather starts from member i
+holding shard i.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Optional
+
+COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "send_recv")
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """(offset, length) of each of `parts` near-equal pieces of n elements."""
+    base, extra = divmod(n, parts)
+    out, off = [], 0
+    for i in range(parts):
+        length = base + (1 if i < extra else 0)
+        out.append((off, length))
+        off += length
+    return out
+
+
+@dataclass(frozen=True)
+class Step:
+    """One collective, run by every group in `groups` at once, each on its own region.
+
+    groups   -- disjoint tuples of ranks, in ring order (for broadcast the first is the root;
+                for send_recv a group is (src, dst))
+    regions  -- (offset, numel) of the buffer each group works on, one per group
+    deps     -- ids of steps that must finish before this one starts
+    tier     -- the widest network tier the step crosses: intra_node/intra_pod/intra_site/wan
+    phase    -- 'grad' (before the optimizer) or 'param' (after it: e.g. all-gather of updated
+                parameters in the distributed optimizer)
+    trigger  -- an external event the step also waits for, e.g. 'bucket:3' (gradient bucket 3
+                is ready in backward); None if it may start as soon as its deps finish
+    overlap  -- the compute phase this step may overlap: 'backward', 'forward' or None
+    period   -- run only on training steps where step % period == 0 (local SGD's outer sync)
+    chunk    -- chunk (or bucket) index this step belongs to
+    label    -- a short human name ('rs-site', 'ar-wan', ...)
+    """
+    id: int
+    op: str
+    groups: tuple[tuple[int, ...], ...]
+    regions: tuple[tuple[int, int], ...]
+    deps: tuple[int, ...] = ()
+    tier: str = "intra_node"
+    phase: str = "grad"
+    trigger: Optional[str] = None
+    overlap: Optional[str] = None
+    period: int = 1
+    chunk: int = 0
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        assert self.op in COLLECTIVES, self.op
+        assert len(self.groups) == len(self.regions)
+
+    @property
+    def numel(self) -> int:
+        """Largest region (elements) any group of this step works on."""
+        return max((n for _, n in self.regions), default=0)
+
+    def active(self, train_step: int) -> bool:
+        return train_step % self.period == 0
+
+
+@dataclass
+class Plan:
+    """Steps in a valid execution order (every dep precedes its dependant)."""
+    numel: int
+    element_size: int
+    steps: list[Step] = field(default_factory=list)
+    strategy: str = ""
+    ranks: tuple[int, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, op: str, groups: Iterable[Iterable[int]], regions: Iterable[tuple[int, int]], **kw) -> Step:
+        groups = tuple(tuple(g) for g in groups)
+        regions = tuple(tuple(r) for r in regions)
+        step = Step(id=len(self.steps), op=op, groups=groups, regions=regions, **kw)
+        self.steps.append(step)
+        return step
+
+    def step_bytes(self, step: Step) -> int:
+        return step.numel * self.element_size
+
+    def active_steps(self, train_step: int = 0) -> list[Step]:
+        return [s for s in self.steps if s.active(train_step)]
+
+    def shifted(self, offset: int, id_base: int, **overrides) -> list[Step]:
+        """This plan's steps with regions moved by `offset` and ids/deps renumbered from id_base."""
+        out = []
+        for s in self.steps:
+            out.append(replace(s, id=s.id + id_base, deps=tuple(d + id_base for d in s.deps),
+                               regions=tuple((o + offset, n) for o, n in s.regions), **overrides))
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "strategy": self.strategy, "numel": self.numel, "element_size": self.element_size,
+            "ranks": list(self.ranks), "notes": self.notes,
+            "steps": [{
+                "id": s.id, "op": s.op, "label": s.label, "tier": s.tier, "phase": s.phase,
+                "chunk": s.chunk, "deps": list(s.deps), "trigger": s.trigger, "overlap": s.overlap,
+                "period": s.period, "groups": [list(g) for g in s.groups],
+                "regions": [list(r) for r in s.regions], "bytes": self.step_bytes(s),
+            } for s in self.steps],
+        }

@@ -1,0 +1,196 @@
+"""Workload: the model, its parallel layout and batch, and what each DP rank must synchronize.
+
+Parameter counts follow the transformer's weight matrices exactly (attention with grouped
+KV heads, gated or plain MLP, norms, untied or tied embeddings). Training FLOPs per token
+use the PaLM convention (Chowdhery et al. 2022, App. B): 6·N_matmul + 12·L·d·s, counting
+every parameter that takes part in a matmul (not the input embedding lookup) and the
+attention score/value products without causal savings — the convention behind MFU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hdc.config import from_dict, load_yaml, meta
+from hdc.errors import UserError
+
+
+@dataclass
+class ModelSpec:
+    name: str = meta("model name")
+    layers: int = meta("transformer layers", gt=0)
+    hidden: int = meta("hidden size d_model", gt=0)
+    heads: int = meta("attention heads", gt=0)
+    kv_heads: int = meta("key/value heads (GQA); = heads for MHA", gt=0)
+    ffn: int = meta("MLP inner size", gt=0)
+    vocab: int = meta("vocabulary size", gt=0)
+    seq_len: int = meta("training sequence length in tokens", gt=0)
+    gated_mlp: bool = meta("SwiGLU-style gated MLP (3 matrices) instead of 2", default=True)
+    tied_embeddings: bool = meta("output projection shares the input embedding", default=False)
+    head_dim: Optional[int] = meta("per-head dimension; default hidden / heads", gt=0, default=None)
+
+    def validate(self, path: str) -> None:
+        if self.head_dim is None:
+            if self.hidden % self.heads:
+                raise UserError(f"{path}.heads: must divide hidden ({self.hidden}) unless head_dim is given, got {self.heads}")
+            self.head_dim = self.hidden // self.heads
+        if self.heads % self.kv_heads:
+            raise UserError(f"{path}.kv_heads: must divide heads ({self.heads}), got {self.kv_heads}")
+
+    # -- parameters ---------------------------------------------------------
+    @property
+    def params_per_layer(self) -> int:
+        d, hd = self.hidden, self.head_dim
+        attn = d * self.heads * hd * 2 + d * self.kv_heads * hd * 2  # q, o  +  k, v
+        mlp = (3 if self.gated_mlp else 2) * d * self.ffn
+        norms = 2 * d
+        return attn + mlp + norms
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def num_params(self) -> int:
+        out = 0 if self.tied_embeddings else self.embedding_params
+        return self.layers * self.params_per_layer + self.embedding_params + out + self.hidden
+
+    @property
+    def matmul_params(self) -> int:
+        # every weight that multiplies activations: layers + the output projection
+        return self.layers * self.params_per_layer + self.embedding_params
+
+    def train_flops_per_token(self) -> float:
+        """6·N_matmul + 12·L·(heads·head_dim)·seq  (PaLM, App. B: model FLOPs for MFU)."""
+        return 6.0 * self.matmul_params + 12.0 * self.layers * self.heads * self.head_dim * self.seq_len
+
+
+@dataclass
+class Parallel:
+    tp: int = meta("tensor-parallel size (kept inside a node)", gt=0, default=1)
+    pp: int = meta("pipeline-parallel stages", gt=0, default=1)
+    dp: int = meta("data-parallel replicas", gt=0, default=1)
+    vpp: int = meta("virtual pipeline stages per rank (interleaved 1F1B)", gt=0, default=1)
+    micro_batch_size: int = meta("sequences per micro-batch", gt=0, default=1)
+    global_batch_size: int = meta("sequences per optimizer step, all replicas", gt=0, default=1)
+
+    def validate(self, path: str) -> None:
+        per_step = self.micro_batch_size * self.dp
+        if self.global_batch_size % per_step:
+            raise UserError(f"{path}.global_batch_size: must be a multiple of micro_batch_size × dp "
+                            f"({per_step}), got {self.global_batch_size}")
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches each pipeline runs per step (gradient accumulation)."""
+        return self.global_batch_size // (self.micro_batch_size * self.dp)
+
+
+@dataclass
+class Workload:
+    model: ModelSpec = meta("the model")
+    parallel: Parallel = meta("the parallel layout and batch", default_factory=Parallel)
+    grad_bytes: int = meta("bytes per gradient element in the DP reduction (2 = bf16, 4 = fp32)",
+                           choices=(2, 4), default=2)
+    param_bytes: int = meta("bytes per parameter element (weights in memory)", choices=(2, 4), default=2)
+    bucket_numel: int = meta("gradient elements per bucket for overlapped reduction (Megatron default 40M)",
+                             gt=0, default=40_000_000)
+
+    def validate(self, path: str) -> None:
+        if self.model.layers % (self.parallel.pp * self.parallel.vpp):
+            raise UserError(f"{path}.parallel.pp: pp × vpp ({self.parallel.pp * self.parallel.vpp}) "
+                            f"must divide the model's layers ({self.model.layers})")
+
+    @property
+    def params_per_rank(self) -> int:
+        """Parameters one (tp, pp) rank holds: its share of the layers plus embeddings on the end stages.
+
+        The largest stage is used (first/last stages carry the embeddings) since the DP sync of
+        that stage bounds the step.
+        """
+        m, p = self.model, self.parallel
+        layers = m.layers // p.pp
+        body = layers * m.params_per_layer
+        # input embedding on the first stage, output projection on the last; both when pp == 1
+        ends = m.embedding_params * (2 if p.pp == 1 and not m.tied_embeddings else 1)
+        return (body + ends) // p.tp
+
+    @property
+    def grad_size_bytes(self) -> int:
+        """Gradient bytes each DP rank must synchronize per step."""
+        return self.params_per_rank * self.grad_bytes
+
+    def buckets(self) -> list[int]:
+        """Gradient bucket sizes in elements (last bucket takes the remainder)."""
+        numel = self.params_per_rank
+        per = self.bucket_numel
+        out = [per] * (numel // per)
+        if numel % per:
+            out.append(numel % per)
+        return out
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.parallel.global_batch_size * self.model.seq_len
+
+    def step_flops(self) -> float:
+        return self.tokens_per_step * self.model.train_flops_per_token()
+
+
+WORKLOAD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workloads")
+
+# Model presets. Sources: Nemotron-4 340B tech report (NVIDIA, 2024, Table 1); Llama 3 paper
+# (Meta, 2024, Table 3) for the 8B and 70B classes; the tiny models are the trainer's CPU models.
+MODELS: dict[str, dict] = {
+    "nemotron-4-340b": dict(name="nemotron-4-340b", layers=96, hidden=18432, heads=96, kv_heads=8,
+                            ffn=73728, vocab=256000, seq_len=4096, gated_mlp=False, tied_embeddings=False),
+    "llama-3-8b": dict(name="llama-3-8b", layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336,
+                       vocab=128256, seq_len=8192, gated_mlp=True, tied_embeddings=False),
+    "llama-3-70b": dict(name="llama-3-70b", layers=80, hidden=8192, heads=64, kv_heads=8, ffn=28672,
+                        vocab=128256, seq_len=8192, gated_mlp=True, tied_embeddings=False),
+    "tiny-qwen2": dict(name="tiny-qwen2", layers=4, hidden=256, heads=4, kv_heads=2, ffn=688,
+                       vocab=512, seq_len=128, gated_mlp=True, tied_embeddings=True),
+}
+
+
+def model_preset(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; presets are {', '.join(sorted(MODELS))}")
+    return from_dict(ModelSpec, MODELS[name])
+
+
+def workload_from_dict(data: object) -> Workload:
+    """A workload mapping; `model` may be a preset name or a full model mapping."""
+    if isinstance(data, dict) and isinstance(data.get("model"), str):
+        data = {**data, "model": MODELS.get(data["model"]) or _unknown_model(data["model"])}
+    return from_dict(Workload, data)
+
+
+def _unknown_model(name: str) -> dict:
+    raise UserError(f"model: unknown preset {name!r}; presets are {', '.join(sorted(MODELS))}")
+
+
+def workload_names() -> list[str]:
+    if not os.path.isdir(WORKLOAD_DIR):
+        return []
+    return sorted(f[:-5] for f in os.listdir(WORKLOAD_DIR) if f.endswith(".yaml"))
+
+
+def load_workload(path_or_preset: str) -> Workload:
+    """A workload YAML file, or a preset from workloads/ by name."""
+    if os.path.exists(path_or_preset):
+        source = path_or_preset
+    elif path_or_preset in workload_names():
+        source = os.path.join(WORKLOAD_DIR, f"{path_or_preset}.yaml")
+    else:
+        raise UserError(f"workload {path_or_preset!r}: no such file and no such preset "
+                        f"(presets: {', '.join(workload_names())})")
+    try:
+        return workload_from_dict(load_yaml(source))
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None

@@ -1,0 +1,196 @@
+"""GRPO configuration: `GRPOConfig` with TRL's option names, and the YAML `Recipe` around it.
+
+A recipe has four sections; the YAML keys, these field names and the log names are the
+same words:
+
+    model:   what to train (a local path loadable with `from_pretrained`)
+    data:    JSONL files and which column holds the prompt
+    rewards: reward functions, each with a weight (and optional keyword parameters)
+    grpo:    the algorithm and optimisation knobs, named as in TRL's GRPOConfig
+
+One *step* is one generation round: `generation_batch_size` completions (prompts x
+`num_generations`) are sampled and scored, then the policy is updated `num_iterations`
+times on them, each update accumulating `gradient_accumulation_steps` micro-batches of
+`per_device_train_batch_size` completions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hdc.config import fail, from_dict, load_yaml, meta, set_dotted, to_dict
+from hdc.errors import UserError
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def parse_scale_rewards(value: Any) -> str:
+    """TRL accepts booleans here: true means 'group', false means 'none'."""
+    if value is True:
+        return "group"
+    if value is False:
+        return "none"
+    if value in SCALE_REWARDS:
+        return value
+    raise ValueError(f"must be one of {', '.join(SCALE_REWARDS)} (or true/false), got {value!r}")
+
+
+@dataclass
+class GRPOConfig:
+    """Every GRPO knob. Names follow TRL's GRPOConfig where TRL has the option."""
+
+    output_dir: str = meta("Where checkpoints, logs and the final model go (`hdc train --out` overrides).",
+                           default="runs/grpo")
+    # --- optimisation
+    learning_rate: float = meta("AdamW learning rate.", default=1e-6, gt=0)
+    adam_beta1: float = meta("AdamW beta1.", default=0.9, ge=0, lt=1)
+    adam_beta2: float = meta("AdamW beta2.", default=0.99, ge=0, lt=1)
+    weight_decay: float = meta("AdamW weight decay.", default=0.0, ge=0)
+    max_grad_norm: float = meta("Clip the gradient norm to this value (0 = no clipping).", default=1.0, ge=0)
+    lr_scheduler_type: str = meta("Learning-rate schedule after warm-up.", default="constant",
+                                  choices=("constant", "linear", "cosine"))
+    warmup_ratio: float = meta("Fraction of max_steps spent warming the learning rate up from 0.",
+                               default=0.0, ge=0, le=1)
+    max_steps: int = meta("Number of steps (generation rounds) to train.", default=100, ge=1)
+    per_device_train_batch_size: int = meta("Completions per micro-batch on each process.", default=8, ge=1)
+    gradient_accumulation_steps: int = meta("Micro-batches accumulated into one optimizer update.", default=1, ge=1)
+    generation_batch_size: int | None = meta(
+        "Completions generated per step over all processes (prompts x num_generations). "
+        "Default: per_device_train_batch_size x gradient_accumulation_steps x processes; if set it must equal that.",
+        default=None, ge=1)
+    # --- GRPO algorithm
+    num_generations: int = meta("Completions sampled per prompt (the group size).", default=8, ge=2)
+    num_iterations: int = meta("Policy updates per generation batch (mu in the GRPO paper).", default=1, ge=1)
+    beta: float = meta("KL coefficient to the frozen reference model (0 = no reference model is loaded).",
+                       default=0.0, ge=0)
+    epsilon: float = meta("Lower clip range: the ratio is clipped at 1 - epsilon.", default=0.2, gt=0, lt=1)
+    epsilon_high: float | None = meta("Upper clip range: the ratio is clipped at 1 + epsilon_high "
+                                      "(default: epsilon).", default=None, gt=0)
+    loss_type: str = meta("Loss aggregation: grpo (per-sequence mean), bnpo (local token mean), dr_grpo "
+                          "(sum / (batch x max_completion_length)), dapo (global token mean).",
+                          default="dapo", choices=LOSS_TYPES)
+    scale_rewards: str = meta("Divide advantages by the reward std of the group, of the batch, or not at all "
+                              "(true = group, false = none).", default="group", parse=parse_scale_rewards)
+    reward_weights: list[float] | None = meta("Weight of each reward function (default: all 1.0). In a "
+                                              "recipe, use rewards[i].weight instead.", default=None)
+    mask_truncated_completions: bool = meta("Exclude completions that hit max_completion_length from the loss.",
+                                            default=False)
+    # --- generation
+    max_prompt_length: int | None = meta("Keep only the last this-many prompt tokens (None = no limit).",
+                                         default=512, ge=1)
+    max_completion_length: int = meta("Maximum new tokens per completion.", default=256, ge=1)
+    temperature: float = meta("Sampling temperature (also divides the logits in the loss).", default=1.0, gt=0)
+    top_p: float = meta("Nucleus sampling: keep the smallest token set with this much probability.",
+                        default=1.0, gt=0, le=1)
+    # --- bookkeeping
+    seed: int = meta("Seed for data order, sampling and initialisation.", default=42, ge=0)
+    logging_steps: int = meta("Write metrics every this-many steps.", default=1, ge=1)
+    save_steps: int = meta("Write a checkpoint every this-many steps (and at the end).", default=100, ge=1)
+    save_total_limit: int | None = meta("Keep only the newest this-many checkpoints (None = keep all).",
+                                        default=None, ge=1)
+    eval_steps: int | None = meta("Evaluate held-out exact match every this-many steps (None = only at "
+                                  "start and end; needs data.eval_file).", default=None, ge=1)
+    log_completions: bool = meta("Write sampled prompt/completion/reward rows to completions.jsonl.",
+                                 default=False)
+    num_completions_to_print: int = meta("Rows per logged step when log_completions is on.", default=4, ge=1)
+    torch_num_threads: int | None = meta("torch.set_num_threads for CPU runs (None = torch's default).",
+                                         default=None, ge=1)
+
+    def validate(self, path: str = "") -> None:
+        p = f"{path}." if path else ""
+        completions = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if self.generation_batch_size is None and completions % self.num_generations:
+            raise fail(f"{p}num_generations",
+                       f"must divide per_device_train_batch_size x gradient_accumulation_steps = {completions}, "
+                       f"got {self.num_generations}")
+        if self.generation_batch_size is not None and self.generation_batch_size % self.num_generations:
+            raise fail(f"{p}generation_batch_size",
+                       f"must be a multiple of num_generations ({self.num_generations}), got {self.generation_batch_size}")
+
+    @property
+    def epsilon_low(self) -> float:
+        return self.epsilon
+
+    @property
+    def epsilon_upper(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    def completions_per_step(self, world_size: int = 1) -> int:
+        """Completions generated per step over all processes; checks generation_batch_size."""
+        local = self.per_device_train_batch_size * self.gradient_accumulation_steps * world_size
+        if self.generation_batch_size is not None and self.generation_batch_size != local:
+            raise UserError(
+                f"grpo.generation_batch_size: must equal per_device_train_batch_size x gradient_accumulation_steps "
+                f"x processes = {self.per_device_train_batch_size} x {self.gradient_accumulation_steps} x "
+                f"{world_size} = {local} here, got {self.generation_batch_size}")
+        return local
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = meta("Local directory of a causal LM saved with save_pretrained.")
+    dtype: str = meta("Parameter dtype for training.", default="float32",
+                      choices=("float32", "bfloat16", "float16"))
+
+
+@dataclass
+class DataConfig:
+    train_file: str = meta("JSONL training data; every column reaches the reward functions as a keyword.")
+    eval_file: str | None = meta("JSONL held-out data with prompt and answer columns, for exact-match "
+                                 "evaluation.", default=None)
+    prompt_column: str = meta("Column holding the prompt: a string, or a list of chat messages.",
+                              default="prompt")
+    answer_column: str = meta("Column holding the reference answer (used by the accuracy reward and eval).",
+                              default="answer")
+    system_prompt: str | None = meta("System message put before every string prompt.", default=None)
+    use_chat_template: bool = meta("Format prompts with the tokenizer's chat template.", default=True)
+    eval_max_samples: int = meta("Held-out prompts used per evaluation.", default=200, ge=1)
+
+
+@dataclass
+class RewardSpec:
+    func: str = meta("Built-in name (accuracy, format, length) or an import path package.module:function.")
+    weight: float = meta("Weight in the summed reward.", default=1.0)
+    params: dict[str, Any] = meta("Extra keyword arguments passed to the function, e.g. target_length.",
+                                  default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    """A whole training run as a YAML file."""
+
+    model: ModelConfig = meta("The model to train.")
+    data: DataConfig = meta("Training and held-out data.")
+    rewards: list[RewardSpec] = meta("Reward functions and their weights.")
+    grpo: GRPOConfig = meta("GRPO and optimisation settings (TRL names).", default_factory=GRPOConfig)
+
+    def validate(self, path: str = "") -> None:
+        if not self.rewards:
+            raise fail("rewards", "must list at least one reward function")
+        if self.grpo.reward_weights is not None:
+            raise fail("grpo.reward_weights", "set weights per function in rewards[i].weight in a recipe")
+        from trainer.rewards import resolve_reward
+
+        for i, spec in enumerate(self.rewards):
+            resolve_reward(spec.func, f"rewards[{i}].func")
+
+
+def load_recipe(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override (`key.sub=value`) and validate a recipe; every mistake is a UserError."""
+    data = load_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a mapping with keys model, data, rewards, grpo")
+    for assignment in overrides:
+        set_dotted(data, assignment)
+    return from_dict(Recipe, data)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return to_dict(recipe)
+
+
+__all__ = ["GRPOConfig", "Recipe", "ModelConfig", "DataConfig", "RewardSpec", "load_recipe",
+           "recipe_to_dict", "LOSS_TYPES", "SCALE_REWARDS"]

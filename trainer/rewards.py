@@ -1,0 +1,135 @@
+"""Reward functions with TRL's contract, and how the trainer combines them.
+
+A reward function is `f(prompts, completions, **kwargs) -> list[float | None]`:
+- `completions` are strings, or (conversational data) message lists whose text is
+  `completion[0]["content"]`;
+- every dataset column arrives as a keyword argument holding one value per completion
+  (e.g. `answer=[...]`), so TRL reward functions work unchanged;
+- `None` means "not applicable to this sample" (multi-task data): it is skipped in the
+  weighted sum rather than counted as zero.
+
+Built-ins: `accuracy` (answer in \\boxed{} or <answer>, checked with math-verify),
+`format` (<think>...</think><answer>...</answer>), `length` (distance to a target length).
+User functions are named by import path `package.module:function`.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from typing import Any, Callable
+
+from hdc.errors import UserError
+
+RewardFunc = Callable[..., list]
+
+_FORMAT_RE = re.compile(r"^<think>.*?</think><answer>.*?</answer>$", re.DOTALL)
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a completion: a string, or the first message's content."""
+    if isinstance(completion, str):
+        return completion
+    return completion[0]["content"]
+
+
+def extract_answer(text: str) -> str | None:
+    """The last \\boxed{...} (braces balanced), else the last <answer>...</answer>, else None."""
+    start = text.rfind("\\boxed{")
+    if start >= 0:
+        depth, i = 0, start + len("\\boxed")
+        for j in range(i, len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[i + 1:j].strip()
+    found = _ANSWER_RE.findall(text)
+    return found[-1].strip() if found else None
+
+
+def accuracy(prompts: list, completions: list, answer: list | None = None, **kwargs: Any) -> list[float | None]:
+    """1.0 when the extracted answer equals the reference `answer` column (math-verify), else 0.0.
+
+    None for rows without a reference answer (other tasks in a mixed dataset).
+    """
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    answers = answer if answer is not None else kwargs.get("solution", [None] * len(completions))
+    configs = [LatexExtractionConfig(), ExprExtractionConfig()]
+    out: list[float | None] = []
+    for completion, ref in zip(completions, answers):
+        if ref is None:
+            out.append(None)
+            continue
+        found = extract_answer(completion_text(completion))
+        if found is None:
+            out.append(0.0)
+            continue
+        gold = parse(f"${ref}$", extraction_config=configs)
+        guess = parse(f"${found}$", extraction_config=configs)
+        out.append(1.0 if gold and guess and verify(gold, guess) else 0.0)
+    return out
+
+
+def format(prompts: list, completions: list, **kwargs: Any) -> list[float | None]:  # noqa: A001 (TRL's name)
+    """1.0 when the completion is exactly <think>...</think><answer>...</answer> (dot matches newline)."""
+    return [1.0 if _FORMAT_RE.match(completion_text(c).strip()) else 0.0 for c in completions]
+
+
+def length(prompts: list, completions: list, target_length: int = 64, **kwargs: Any) -> list[float | None]:
+    """1 - |characters - target_length| / target_length, floored at -1: 1.0 exactly on target."""
+    out = []
+    for c in completions:
+        n = len(completion_text(c))
+        out.append(max(-1.0, 1.0 - abs(n - target_length) / target_length))
+    return out
+
+
+BUILTIN_REWARDS: dict[str, RewardFunc] = {"accuracy": accuracy, "format": format, "length": length}
+
+
+def resolve_reward(name: str, path: str = "reward") -> RewardFunc:
+    """A built-in by name, or `package.module:function` imported; errors name the field."""
+    if name in BUILTIN_REWARDS:
+        return BUILTIN_REWARDS[name]
+    if ":" not in name:
+        raise UserError(f"{path}: must be one of {', '.join(BUILTIN_REWARDS)} or package.module:function, "
+                        f"got {name!r}")
+    module_name, func_name = name.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"{path}: cannot import module {module_name!r} ({e})") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise UserError(f"{path}: module {module_name!r} has no function {func_name!r}")
+    return func
+
+
+def reward_name(func: RewardFunc) -> str:
+    """The name a reward is logged under: rewards/<name>/mean."""
+    return getattr(func, "__name__", type(func).__name__)
+
+
+def score(reward_funcs: list[RewardFunc], weights: list[float], prompts: list, completions: list,
+          columns: dict[str, list], params: list[dict] | None = None) -> tuple[list[list[float]], list[float]]:
+    """Run every reward function; return per-function values (NaN for None) and the weighted sums.
+
+    A sample's total skips functions that returned None for it; if all did, its total is 0.
+    """
+    params = params or [{} for _ in reward_funcs]
+    per_func: list[list[float]] = []
+    for func, extra in zip(reward_funcs, params):
+        values = func(prompts=prompts, completions=completions, **columns, **extra)
+        if len(values) != len(completions):
+            raise ValueError(f"reward {reward_name(func)} returned {len(values)} values for "
+                             f"{len(completions)} completions")
+        per_func.append([math.nan if v is None else float(v) for v in values])
+    totals = []
+    for i in range(len(completions)):
+        terms = [w * vals[i] for w, vals in zip(weights, per_func) if not math.isnan(vals[i])]
+        totals.append(sum(terms) if terms else 0.0)
+    return per_func, totals

@@ -1,0 +1,81 @@
+"""A short supervised warm start: teach the model the answer format before GRPO.
+
+Trains on JSONL rows with `prompt` and `completion` (the completion followed by EOS), loss
+on completion tokens only, then saves with `save_pretrained`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hdc.config import meta
+
+
+@dataclass
+class SFTConfig:
+    max_steps: int = meta("Optimizer steps.", default=300, ge=1)
+    per_device_train_batch_size: int = meta("Examples per step.", default=32, ge=1)
+    learning_rate: float = meta("AdamW learning rate (cosine decay to 10%).", default=1e-3, gt=0)
+    seed: int = meta("Seed for data order and dropout.", default=0, ge=0)
+    torch_num_threads: int | None = meta("torch.set_num_threads.", default=None, ge=1)
+
+
+def sft(model_dir: str, data_file: str, out_dir: str, cfg: SFTConfig | None = None,
+        log=print) -> dict[str, float]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data import format_prompt, load_jsonl, PromptSampler
+
+    cfg = cfg or SFTConfig()
+    if cfg.torch_num_threads:
+        torch.set_num_threads(cfg.torch_num_threads)
+    torch.manual_seed(cfg.seed)
+    if not Path(model_dir).is_dir():
+        from hdc.errors import UserError
+
+        raise UserError(f"--model: no such directory {model_dir!r}")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    data = load_jsonl(data_file, "--data")
+    for column in ("prompt", "completion"):
+        if column not in data.column_names:
+            from hdc.errors import UserError
+
+            raise UserError(f"--data: {data_file} has no {column!r} column (columns: {data.column_names})")
+    examples = []
+    for row in data:
+        p = tokenizer(format_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
+        c = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        examples.append((p, c))
+    sampler = PromptSampler(len(examples), cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / cfg.max_steps)).item()))
+    model.train()
+    start, loss_value = time.perf_counter(), float("nan")
+    for step in range(1, cfg.max_steps + 1):
+        batch = [examples[i] for i in sampler.next(cfg.per_device_train_batch_size)]
+        width = max(len(p) + len(c) for p, c in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (p, c) in enumerate(batch):
+            seq = p + c
+            ids[i, :len(seq)] = torch.tensor(seq)
+            labels[i, len(p):len(seq)] = torch.tensor(c)
+            attn[i, :len(seq)] = 1
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+        if step % 50 == 0 or step == cfg.max_steps:
+            log(f"sft step {step}/{cfg.max_steps} loss {loss_value:.4f}")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return {"loss": loss_value, "time_s": time.perf_counter() - start}

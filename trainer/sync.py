@@ -1,0 +1,55 @@
+"""How gradients (and a few step-wide counts) are shared between processes.
+
+The trainer is handed a `GradientSync` and calls it at fixed points of the step; it never
+asks which one it got (torchtitan style). `LocalSync` is the single-process one and does
+nothing. A torch.distributed implementation (driven by an hdc strategy's plan) provides
+the same five members.
+
+Call order in one step:
+    attach(model)                  once, before training
+    all_reduce_sum([...])          step-wide counts (tokens for the dapo loss, metrics)
+    after_backward(model)          after each micro-batch's backward (may start bucketed reduces)
+    finish(step)                   before optimizer.step(): gradients are final when it returns
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class GradientSync(Protocol):
+    rank: int
+    world_size: int
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Prepare for this model (register hooks, build buckets)."""
+
+    def after_backward(self, model: torch.nn.Module) -> None:
+        """Called after every micro-batch backward."""
+
+    def finish(self, step: int) -> None:
+        """Make the gradients of `model` equal on every process (averaged); called once per update."""
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Sum of `values` over all processes (same length everywhere)."""
+
+
+class LocalSync:
+    """One process: there is nothing to synchronise."""
+
+    rank = 0
+    world_size = 1
+
+    def attach(self, model: torch.nn.Module) -> None:
+        pass
+
+    def after_backward(self, model: torch.nn.Module) -> None:
+        pass
+
+    def finish(self, step: int) -> None:
+        pass
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        return list(values)
