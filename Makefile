@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 report: $(STAMP)
 	$(VENV)/bin/hdc report --out out/report
 
+# pytest exits 5 when a marker selection matches no test: that is not a failure here.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests selected"; exit 0; fi; exit $$rc
 
 clean:
 	rm -rf out .pytest_cache

@@ -47,7 +47,7 @@ def _describe_range(md: dict) -> str:
     return " and ".join(parts)
 
 
-def check_range(path: str, value: float, md: dict) -> None:
+def check_range(path: str, value: float, md: dict, kind: str = "") -> None:
     ok = True
     if md.get("ge") is not None and not value >= md["ge"]:
         ok = False
@@ -58,7 +58,7 @@ def check_range(path: str, value: float, md: dict) -> None:
     if md.get("lt") is not None and not value < md["lt"]:
         ok = False
     if not ok:
-        raise fail(path, f"must be {_describe_range(md)}, got {value!r}")
+        raise fail(path, f"must be {kind}{_describe_range(md)}, got {value!r}")
 
 
 def _type_name(tp: Any) -> str:
@@ -115,7 +115,7 @@ def convert(path: str, value: Any, tp: Any, md: dict | None = None) -> Any:
             else:
                 raise fail(path, f"must be an integer{_range_suffix(md)}, got {value!r}")
         _check_choices(path, value, md)
-        check_range(path, value, md)
+        check_range(path, value, md, "an integer ")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -123,7 +123,7 @@ def convert(path: str, value: Any, tp: Any, md: dict | None = None) -> Any:
         value = float(value)
         if value != value:
             raise fail(path, "must be a number, got NaN")
-        check_range(path, value, md)
+        check_range(path, value, md, "a number ")
         return value
     if tp is str:
         if not isinstance(value, str):

@@ -19,7 +19,7 @@ class UnitError(ValueError):
     """A quantity that does not parse; the message says what forms are allowed."""
 
 
-def _split(text: object, what: str, example: str) -> tuple[float, str]:
+def _split(text: object, what: str, example: str, allow_bare: bool = False) -> tuple[float, str]:
     if isinstance(text, bool):
         raise UnitError(f"expected a {what} such as {example!r}, got {text!r}")
     if isinstance(text, (int, float)):
@@ -29,6 +29,8 @@ def _split(text: object, what: str, example: str) -> tuple[float, str]:
     m = re.fullmatch(_NUM + r"\s*(\S*)", text.strip())
     if not m:
         raise UnitError(f"expected a {what} such as {example!r}, got {text!r}")
+    if not m.group(2) and not allow_bare:
+        raise UnitError(f"expected a {what} with a unit such as {example!r}, got {text!r}")
     return float(m.group(1)), m.group(2)
 
 
@@ -73,7 +75,7 @@ def parse_distance(text: object) -> float:
 
 def parse_size(text: object) -> int:
     """'1GiB' -> 1073741824 bytes; '4MB' -> 4000000; '512' (bare integer string) -> 512."""
-    value, unit = _split(text, "size", "1GiB")
+    value, unit = _split(text, "size", "1GiB", allow_bare=True)
     if unit in ("", "B"):
         factor = 1.0
     else:
@@ -89,7 +91,7 @@ def parse_size(text: object) -> int:
 
 def parse_flops(text: object) -> float:
     """'989TFLOPS' -> 9.89e14 FLOP/s ('989 TFLOP/s' also accepted)."""
-    value, unit = _split(text, "FLOP rate", "989TFLOPS")
+    value, unit = _split(text, "FLOP rate", "989TFLOPS", allow_bare=True)
     for suf in ("FLOPS", "FLOP/s", "flops"):
         if unit.endswith(suf) and unit[: -len(suf)] in _FLOPS:
             return value * _FLOPS[unit[: -len(suf)]]

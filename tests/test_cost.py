@@ -1,0 +1,59 @@
+"""Alpha-beta costs against numbers computed by hand."""
+import pytest
+
+from hdc import cost
+from hdc.strategies import FlatRing, Hierarchical
+from hdc.topology import topology_from_dict
+
+
+def two_sites(gpus_per_node=4, rtt="20ms", wan_bw="8Gbps", links=1):
+    return topology_from_dict({
+        "name": "t",
+        "site_defaults": {"nodes": 1, "gpus_per_node": gpus_per_node,
+                          "intra_node": {"latency": "10us", "bandwidth": "100GB/s"},
+                          "intra_pod": {"latency": "20us", "bandwidth": "10GB/s"}},
+        "sites": [{"name": "a"}, {"name": "b"}],
+        "wan": [{"sites": ["a", "b"], "rtt": rtt, "bandwidth": wan_bw, "links": links}]})
+
+
+def test_textbook_ring_formulas():
+    # 4 ranks, 1 GB, 10 us, 100 GB/s: RS = 3 * (10us + 0.25 GB / 100 GB/s) = 3 * 2.51 ms
+    assert cost.ring_reduce_scatter_s(4, 1e9, 10e-6, 100e9) == pytest.approx(3 * 2.51e-3)
+    assert cost.ring_all_gather_s(4, 1e9, 10e-6, 100e9) == pytest.approx(3 * 2.51e-3)
+    assert cost.ring_all_reduce_s(4, 1e9, 10e-6, 100e9) == pytest.approx(6 * 2.51e-3)
+    assert cost.ring_all_reduce_s(1, 1e9, 10e-6, 100e9) == 0.0
+    # hierarchical: k=4 per site, 2 sites: 2 * RS_site + AR_wan(n/4)
+    t = cost.hierarchical_all_reduce_s(4, 2, 1e9, 10e-6, 100e9, 10e-3, 1e9)
+    assert t == pytest.approx(2 * 3 * 2.51e-3 + 2 * (10e-3 + 0.125e9 / 1e9))
+
+
+def test_single_site_ring_step_by_hand():
+    topo = two_sites()
+    plan = FlatRing().plan(topo, [[0, 1, 2, 3]], 1_000_000, element_size=4)  # 4 MB inside one node
+    # 6 rounds of (10 us + 1 MB / 100 GB/s = 10 us) = 120 us
+    assert cost.step_time_s(topo, plan, plan.steps[0]) == pytest.approx(6 * 20e-6)
+
+
+def test_flat_ring_across_the_wan_is_bounded_by_the_wan_hop():
+    topo = two_sites()
+    plan = FlatRing().plan(topo, None, 8_000_000, element_size=4)  # 32 MB, 8 ranks
+    # slowest message each round crosses the WAN: 10us/2*2 (pods) + 10 ms + 4 MB / 1 GB/s
+    one_way = 20e-6 + 10e-3  # intra_site defaults to intra_pod: 10 us each side
+    per_round = one_way + 4e6 / 1e9
+    assert cost.step_time_s(topo, plan, plan.steps[0]) == pytest.approx(14 * per_round)
+
+
+def test_hierarchical_plan_by_hand_and_wan_sharing():
+    topo = two_sites()
+    plan = Hierarchical().plan(topo, None, 8_000_000, element_size=4)  # 32 MB per rank
+    rs, ar, ag = plan.steps
+    # in-site: 3 rounds of (10 us + 8 MB / 100 GB/s = 80 us)
+    assert cost.step_time_s(topo, plan, rs) == pytest.approx(3 * 90e-6)
+    # across: 4 pairs share one 1 GB/s WAN direction; each message 4 MB (8 MB shard / 2)
+    one_way = 20e-6 + 10e-3
+    assert cost.step_time_s(topo, plan, ar) == pytest.approx(2 * (one_way + 4e6 / (1e9 / 4)))
+    assert cost.plan_time_s(topo, plan) == pytest.approx(2 * 3 * 90e-6 + 2 * (one_way + 16e-3))
+    # more parallel links give proportionally more bandwidth
+    topo4 = two_sites(links=4)
+    plan4 = Hierarchical().plan(topo4, None, 8_000_000, element_size=4)
+    assert cost.step_time_s(topo4, plan4, plan4.steps[1]) == pytest.approx(2 * (one_way + 4e-3))

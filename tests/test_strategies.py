@@ -1,0 +1,174 @@
+"""Every strategy's plan, run by the numpy reference executor, leaves every rank of a group
+with the exact sum of the group's buffers — on many random topologies, groups and sizes."""
+import random
+
+import numpy as np
+import pytest
+
+from hdc import cost
+from hdc.errors import UserError
+from hdc.plan import split
+from hdc.reference import owned_region, run_plan
+from hdc.strategies import (Chunked, DistributedOptimizer, FlatRing, Hierarchical, LocalSGD, bucketed,
+                            make_strategy)
+from hdc.topology import topology_from_dict
+
+TIER = {"latency": "5us", "bandwidth": "100Gbps"}
+
+
+def random_topology(rng: random.Random, equal_sites: bool = True):
+    n_sites = rng.randint(1, 3)
+    nodes, gpn = rng.randint(1, 3), rng.randint(1, 4)
+    sites = []
+    for i in range(n_sites):
+        n = nodes if equal_sites else rng.randint(1, 3)
+        pods = rng.choice([p for p in (1, 2, 3) if n % p == 0])
+        sites.append({"name": f"s{i}", "nodes": n, "gpus_per_node": gpn, "pods": pods,
+                      "intra_node": TIER, "intra_pod": TIER})
+    wan = [{"sites": [f"s{i}", f"s{i + 1}"], "rtt": f"{rng.randint(1, 40)}ms", "bandwidth": "10Gbps",
+            "links": rng.randint(1, 4)} for i in range(n_sites - 1)]
+    return topology_from_dict({"name": "random", "sites": sites, "wan": wan})
+
+
+def random_groups(rng: random.Random, topo, equal_per_site: bool):
+    """Split the GPUs into disjoint groups; with equal_per_site each group has as many members in every site."""
+    n_sites = len(topo.sites)
+    per_site = [list(topo.site_gpus(s)) for s in range(n_sites)]
+    if not equal_per_site:
+        gpus = list(range(topo.num_gpus))
+        rng.shuffle(gpus)
+        k = rng.randint(1, 3)
+        return [sorted(gpus[i::k]) for i in range(k) if gpus[i::k]]
+    m = min(len(p) for p in per_site)
+    k = rng.choice([d for d in range(1, m + 1) if m % d == 0])  # groups
+    groups = []
+    for i in range(k):
+        groups.append(sorted(x for p in per_site for x in p[i:m:k]))
+    return groups
+
+
+def check_sums(plan, groups, numel, train_step=0, expect="global"):
+    rng = np.random.default_rng(numel)
+    ranks = [r for g in groups for r in g]
+    start = {r: rng.integers(-1000, 1000, numel).astype(np.float64) for r in ranks}
+    buffers = {r: v.copy() for r, v in start.items()}
+    run_plan(plan, buffers, train_step)
+    for g in groups:
+        total = np.sum([start[r] for r in g], axis=0)
+        for r in g:
+            np.testing.assert_array_equal(buffers[r], total)
+
+
+STRATEGIES = [FlatRing(), Hierarchical(), Chunked(Hierarchical(), 3), Chunked(FlatRing(), 2, overlap_backward=True),
+              Chunked(Hierarchical(), 4, inflight=2), DistributedOptimizer(True), DistributedOptimizer(False),
+              LocalSGD(Hierarchical(), every=3), LocalSGD(FlatRing(), every=2)]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_every_strategy_sums_exactly_on_random_topologies(seed):
+    rng = random.Random(seed)
+    topo = random_topology(rng)
+    groups = random_groups(rng, topo, equal_per_site=True)
+    for numel in (1, rng.randint(2, 50), 1001):
+        for strat in STRATEGIES:
+            plan = strat.plan(topo, groups, numel)
+            check_sums(plan, groups, numel)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_flat_ring_on_uneven_sites_and_groups(seed):
+    rng = random.Random(1000 + seed)
+    topo = random_topology(rng, equal_sites=False)
+    groups = random_groups(rng, topo, equal_per_site=False)
+    numel = rng.randint(1, 300)
+    check_sums(FlatRing().plan(topo, groups, numel), groups, numel)
+
+
+def test_local_sgd_syncs_sites_only_between_outer_steps():
+    rng = random.Random(7)
+    topo = topology_from_dict({"name": "t", "sites": [
+        {"name": n, "nodes": 1, "gpus_per_node": 2, "intra_node": TIER, "intra_pod": TIER} for n in "ab"],
+        "wan": [{"sites": ["a", "b"], "rtt": "10ms", "bandwidth": "1Gbps"}]})
+    plan = LocalSGD(Hierarchical(), every=4).plan(topo, None, 11)
+    start = {r: np.arange(11.0) * (r + 1) for r in range(4)}
+    buffers = {r: v.copy() for r, v in start.items()}
+    run_plan(plan, buffers, train_step=1)  # not a sync step: each site sums its own ranks
+    np.testing.assert_array_equal(buffers[0], start[0] + start[1])
+    np.testing.assert_array_equal(buffers[2], start[2] + start[3])
+    check_sums(plan, [[0, 1, 2, 3]], 11, train_step=4)
+    assert rng  # deterministic
+
+
+def test_distributed_optimizer_shards_partition_the_buffer():
+    rng = random.Random(3)
+    for _ in range(20):
+        topo = random_topology(rng)
+        groups = random_groups(rng, topo, equal_per_site=True)
+        numel = rng.randint(1, 200)
+        plan = DistributedOptimizer(rng.random() < 0.5).plan(topo, groups, numel)
+        for g in groups:
+            covered = sorted(owned_region(plan, r) for r in g)
+            covered = [c for c in covered if c[1] > 0]
+            assert sum(n for _, n in covered) == numel
+            assert all(a[0] + a[1] == b[0] for a, b in zip(covered, covered[1:]))
+        # after only the grad phase, each rank holds the exact sum on its shard
+        start = {r: np.arange(numel, dtype=np.float64) + r for g in groups for r in g}
+        buffers = {r: v.copy() for r, v in start.items()}
+        run_plan(plan, buffers, phase="grad")
+        for g in groups:
+            total = np.sum([start[r] for r in g], axis=0)
+            for r in g:
+                off, n = owned_region(plan, r)
+                np.testing.assert_array_equal(buffers[r][off:off + n], total[off:off + n])
+
+
+def test_chunked_pipelines_phases_and_buckets_wait_for_backward():
+    topo = random_topology(random.Random(11))
+    plan = Chunked(Hierarchical(), 3).plan(topo, None, 30)
+    phases = len(Hierarchical().plan(topo, None, 10).steps)
+    assert len(plan.steps) == 3 * phases
+    for s in plan.steps[phases:]:
+        assert s.id - phases in s.deps  # same phase of the previous chunk
+    plan = bucketed(FlatRing(), topo, [list(range(topo.num_gpus))], [5, 7, 9], element_size=4)
+    assert [s.trigger for s in plan.steps] == ["bucket:0", "bucket:1", "bucket:2"]
+    assert [s.regions[0] for s in plan.steps] == [(0, 5), (5, 7), (12, 9)]
+
+
+def test_hierarchical_needs_equal_ranks_per_site():
+    topo = random_topology(random.Random(5))
+    while len(topo.sites) < 2:
+        topo = random_topology(random.Random(len(topo.sites) + 99))
+    group = list(topo.site_gpus(0)) + [topo.site_gpus(1).start]
+    if len(topo.site_gpus(0)) == 1:
+        pytest.skip("sites of one GPU")
+    with pytest.raises(UserError, match="same number of ranks in every site"):
+        Hierarchical().plan(topo, [group], 10)
+
+
+def test_hierarchical_sends_one_kth_of_a_per_site_ring_across_the_wan():
+    """Each rank ships 1/k (k = GPUs per site) of what a ring over one rank per site would."""
+    topo = topology_from_dict({"name": "t", "site_defaults": {"nodes": 2, "gpus_per_node": 4, "intra_node": TIER,
+                                                              "intra_pod": TIER},
+                               "sites": [{"name": "a"}, {"name": "b"}],
+                               "wan": [{"sites": ["a", "b"], "rtt": "20ms", "bandwidth": "10Gbps"}]})
+    k, numel = 8, 8 * 1000
+    hier = Hierarchical().plan(topo, None, numel)
+    one_per_site = FlatRing().plan(topo, [[0, 8]], numel)
+    flat = FlatRing().plan(topo, None, numel)
+    _, h_rank = cost.wan_bytes(topo, hier)
+    _, o_rank = cost.wan_bytes(topo, one_per_site)
+    f_total, f_rank = cost.wan_bytes(topo, flat)
+    assert h_rank == pytest.approx(o_rank / k)
+    # flat ring: the two boundary ranks each ship 2(p-1)/p of the buffer across the WAN
+    assert f_rank == pytest.approx(2 * 15 / 16 * numel * 4)
+    assert f_total == pytest.approx(2 * f_rank)
+    assert h_rank < f_rank / k
+
+
+def test_make_strategy_names_and_errors():
+    for name in ("flat_ring", "hierarchical", "chunked", "distributed_optimizer", "local_sgd"):
+        assert make_strategy(name).name == name
+    with pytest.raises(UserError, match="strategy: must be one of"):
+        make_strategy("ring_of_fire")
+    with pytest.raises(UserError, match="chunks: must be >= 1"):
+        make_strategy("chunked", chunks=0)
