@@ -1,4 +1,4 @@
-"""CLI commands of experiments/: report (and, as they land, sweep and plot)."""
+"""CLI commands of experiments/: report, sweep, plot."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +10,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out/report", help="output folder (default out/report)")
     p.set_defaults(handler=_report)
 
+    p = sub.add_parser("sweep", help="evaluate a product grid of configs into a CSV",
+                       description="Run every point of a grid (dotted paths into topology, workload, "
+                                   "strategy, sim) and write one CSV row per config; resumable.")
+    p.add_argument("--grid", required=True, help="grid YAML (base, grid, evaluate)")
+    p.add_argument("--out", required=True, help="results CSV (rows already there are skipped)")
+    p.add_argument("--jobs", type=_jobs, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local processes, or Ray (needs the ray extra)")
+    p.set_defaults(handler=_sweep)
+
+    p = sub.add_parser("plot", help="quick line plot from a sweep CSV")
+    p.add_argument("csv", help="results CSV")
+    p.add_argument("--x", required=True, help="column for the x axis (unit strings are converted)")
+    p.add_argument("--y", required=True, help="column for the y axis")
+    p.add_argument("--hue", default=None, help="column whose values become separate lines")
+    p.add_argument("--logx", action="store_true", help="logarithmic x axis")
+    p.add_argument("--out", default=None, help="PNG path (default: CSV name with .png)")
+    p.set_defaults(handler=_plot)
+
+
+def _jobs(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
+    return v
+
 
 def _report(args: argparse.Namespace) -> int:
     from experiments.report import build_report
 
     path = build_report(args.out)
     print(f"report written to {path}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from experiments.sweep import load_grid, run_sweep
+
+    grid = load_grid(args.grid)
+    t0 = time.perf_counter()
+    n = run_sweep(grid, args.out, jobs=args.jobs, executor=args.executor)
+    print(f"{n} config(s) evaluated in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    import os
+
+    from experiments.plot import plot_csv
+
+    out = args.out or os.path.splitext(args.csv)[0] + ".png"
+    print(plot_csv(args.csv, args.x, args.y, args.hue, out, logx=args.logx))
     return 0

@@ -1,0 +1,116 @@
+"""Experiment configs as plain data: a topology, a workload and a strategy (presets or full
+mappings) plus dotted-path overrides — the unit a sweep varies and a report row describes.
+
+Dotted paths reach into the raw YAML: `topology.wan[0].rtt`, `topology.site_defaults.nodes`,
+`workload.parallel.dp`, `strategy.name`, `sim.compute_efficiency`. Setting a WAN link's
+`distance` clears its `rtt` and the other way round, so a sweep can switch between them.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from typing import Any
+
+from hdc.config import load_yaml
+from hdc.errors import UserError
+from hdc.topology import PRESET_DIR, preset_names, topology_from_dict
+from hdc.workload import WORKLOAD_DIR, workload_from_dict, workload_names
+
+SECTIONS = ("topology", "workload", "strategy", "sim")
+STRATEGY_KEYS = {"name": str, "chunks": int, "inner": str, "every": int, "overlap_backward": bool,
+                 "hierarchical": bool, "inflight": int}
+_INDEX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
+
+
+def raw_topology(ref: Any) -> dict:
+    if isinstance(ref, dict):
+        return copy.deepcopy(ref)
+    if isinstance(ref, str) and os.path.exists(ref):
+        return load_yaml(ref)
+    if isinstance(ref, str) and ref in preset_names():
+        return load_yaml(os.path.join(PRESET_DIR, f"{ref}.yaml"))
+    raise UserError(f"topology: {ref!r} is neither a file, a preset ({', '.join(preset_names())}) nor a mapping")
+
+
+def raw_workload(ref: Any) -> dict:
+    if isinstance(ref, dict):
+        return copy.deepcopy(ref)
+    if isinstance(ref, str) and os.path.exists(ref):
+        return load_yaml(ref)
+    if isinstance(ref, str) and ref in workload_names():
+        return load_yaml(os.path.join(WORKLOAD_DIR, f"{ref}.yaml"))
+    raise UserError(f"workload: {ref!r} is neither a file, a preset ({', '.join(workload_names())}) nor a mapping")
+
+
+def set_path(root: dict, dotted: str, value: Any) -> None:
+    """Set `a.b[2].c` inside nested dicts/lists; errors name the path that does not exist."""
+    parts = dotted.split(".")
+    cur: Any = root
+    for i, part in enumerate(parts):
+        m = _INDEX.match(part)
+        if not m:
+            raise UserError(f"{dotted}: {part!r} is not a key or key[index]")
+        key, idx = m.group(1), [int(x) for x in re.findall(r"\[(\d+)\]", m.group(2))]
+        last = i == len(parts) - 1 and not idx
+        if not isinstance(cur, dict):
+            raise UserError(f"{dotted}: {'.'.join(parts[:i]) or 'root'} is not a mapping")
+        if last:
+            if key == "distance" and "rtt" in cur:
+                cur.pop("rtt")
+            if key == "rtt" and "distance" in cur:
+                cur.pop("distance")
+            cur[key] = value
+            return
+        if key not in cur:
+            if idx:
+                raise UserError(f"{dotted}: no list {key!r} here")
+            cur[key] = {}
+        cur = cur[key]
+        for j, k in enumerate(idx):
+            if not isinstance(cur, list) or k >= len(cur):
+                raise UserError(f"{dotted}: index [{k}] out of range for {key}")
+            if i == len(parts) - 1 and j == len(idx) - 1:
+                cur[k] = value
+                return
+            cur = cur[k]
+
+
+def resolve(config: dict) -> dict:
+    """Apply a config's `overrides` to its sections and validate them; returns the parts."""
+    from hdc.strategies import make_strategy
+
+    unknown = set(config) - set(SECTIONS) - {"overrides"}
+    if unknown:
+        raise UserError(f"{sorted(unknown)[0]}: unknown key; allowed: {', '.join(SECTIONS)}, overrides")
+    data = {
+        "topology": raw_topology(config.get("topology", "nemotron-2dc")),
+        "workload": raw_workload(config.get("workload", "nemotron-4-340b")),
+        "strategy": copy.deepcopy(config.get("strategy", {"name": "hierarchical"})),
+        "sim": copy.deepcopy(config.get("sim", {}) or {}),
+    }
+    if isinstance(data["strategy"], str):
+        data["strategy"] = {"name": data["strategy"]}
+    for dotted, value in (config.get("overrides") or {}).items():
+        section = dotted.split(".", 1)[0]
+        if section not in SECTIONS or "." not in dotted:
+            raise UserError(f"{dotted}: must start with one of {', '.join(s + '.' for s in SECTIONS)}")
+        set_path(data, dotted, value)
+    if not isinstance(data["strategy"], dict):
+        raise UserError(f"strategy: must be a name or a mapping, got {data['strategy']!r}")
+    for key, value in data["strategy"].items():
+        if key not in STRATEGY_KEYS:
+            raise UserError(f"strategy.{key}: unknown key; allowed: {', '.join(sorted(STRATEGY_KEYS))}")
+        want = STRATEGY_KEYS[key]
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise UserError(f"strategy.{key}: must be {'an integer' if want is int else 'a ' + want.__name__}, got {value!r}")
+    try:
+        topology = topology_from_dict(data["topology"])
+    except UserError as e:
+        raise UserError(f"topology: {e}") from None
+    try:
+        workload = workload_from_dict(data["workload"])
+    except UserError as e:
+        raise UserError(f"workload: {e}") from None
+    strategy = make_strategy(**data["strategy"])
+    return {"topology": topology, "workload": workload, "strategy": strategy, "sim": data["sim"]}

@@ -1,0 +1,204 @@
+"""`hdc sweep`: a product grid of configs, evaluated in parallel, written as one CSV row each.
+
+Grid file:
+    base:                         # one config (see experiments/configs.py)
+      topology: nemotron-2dc
+      workload: nemotron-4-340b
+      strategy: {name: chunked, chunks: 4}
+    grid:                         # dotted path -> list of values; the product is swept
+      topology.wan[0].rtt: [1ms, 21ms, 100ms]
+      strategy.name: [flat_ring, hierarchical]
+    evaluate: simulate            # or alpha_beta (closed form only)
+
+Every config is validated before anything runs. Rows are appended as they finish, keyed by
+`config_id` (a hash of the config), so an interrupted sweep resumes where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Iterator
+
+from hdc.config import load_yaml
+from hdc.errors import UserError
+from experiments.configs import SECTIONS, resolve
+
+EVALUATORS = ("simulate", "alpha_beta")
+
+
+def load_grid(path: str) -> dict:
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a mapping with keys base, grid, evaluate")
+    unknown = set(data) - {"base", "grid", "evaluate"}
+    if unknown:
+        raise UserError(f"{path}: {sorted(unknown)[0]}: unknown key; allowed: base, grid, evaluate")
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise UserError(f"{path}: grid: must map dotted paths to lists of values")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: grid.{key}: must be a non-empty list of values")
+        if str(key).split(".", 1)[0] not in SECTIONS or "." not in str(key):
+            raise UserError(f"{path}: grid.{key}: must start with one of {', '.join(s + '.' for s in SECTIONS)}")
+    base = data.get("base") or {}
+    if not isinstance(base, dict):
+        raise UserError(f"{path}: base: must be a mapping")
+    evaluate = data.get("evaluate", "simulate")
+    if evaluate not in EVALUATORS:
+        raise UserError(f"{path}: evaluate: must be one of {', '.join(EVALUATORS)}, got {evaluate!r}")
+    return {"base": base, "grid": grid, "evaluate": evaluate}
+
+
+def expand(grid: dict) -> Iterator[tuple[dict, dict]]:
+    """(config, inputs) for each point of the product grid."""
+    keys = list(grid["grid"])
+    for values in itertools.product(*(grid["grid"][k] for k in keys)):
+        inputs = dict(zip(keys, values))
+        config = dict(grid["base"])
+        config["overrides"] = {**(grid["base"].get("overrides") or {}), **inputs}
+        yield config, inputs
+
+
+def config_id(config: dict, evaluate: str) -> str:
+    blob = json.dumps({"config": config, "evaluate": evaluate}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def evaluate_config(config: dict, evaluate: str) -> dict[str, Any]:
+    """Outputs for one config: simulator predictions, or the closed-form sync time."""
+    parts = resolve(config)
+    if evaluate == "alpha_beta":
+        from hdc import cost
+        from hdc.placement import place
+
+        topo, work = parts["topology"], parts["workload"]
+        plan = parts["strategy"].plan(topo, place(topo, work.parallel).dp_groups(), work.params_per_rank,
+                                      work.grad_bytes)
+        total, per_rank = cost.wan_bytes(topo, plan)
+        return {"alpha_beta_sync_s": cost.plan_time_s(topo, plan), "wan_bytes_per_rank": per_rank}
+    from experiments.evaluate import simulate_row
+
+    return simulate_row(parts)
+
+
+def _run(args: tuple[dict, str]) -> dict[str, Any]:
+    config, evaluate = args
+    return evaluate_config(config, evaluate)
+
+
+def run_sweep(grid: dict, out_csv: str, jobs: int = 1, executor: str = "local",
+              progress: bool = True, on_row: Callable[[dict], None] | None = None) -> int:
+    """Evaluate every config not already in out_csv; returns how many were evaluated."""
+    points = list(expand(grid))
+    for config, _ in points:  # validate everything before any work or output
+        resolve(config)
+    done = set()
+    if os.path.exists(out_csv):
+        with open(out_csv, newline="") as fh:
+            done = {row["config_id"] for row in csv.DictReader(fh)}
+    todo = [(config_id(c, grid["evaluate"]), c, inputs) for c, inputs in points]
+    todo = [t for t in todo if t[0] not in done]
+    writer = _RowWriter(out_csv)
+    try:
+        for r in _evaluate_all(todo, grid["evaluate"], jobs, executor, progress):
+            writer.write(r)
+            if on_row:
+                on_row(r)
+    finally:
+        writer.close()
+    return len(todo)
+
+
+def _evaluate_all(todo, evaluate: str, jobs: int, executor: str, progress: bool) -> Iterator[dict]:
+    """Rows as they finish (any order)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc="sweep", unit="cfg", disable=not progress)
+
+    def row(i: int, outputs: dict) -> dict:
+        bar.update()
+        cid, _, inputs = todo[i]
+        return {"config_id": cid, **{k: _cell(v) for k, v in inputs.items()}, **outputs}
+
+    try:
+        if executor == "ray":
+            try:
+                import ray
+            except ImportError:
+                raise UserError("--executor ray: install the ray extra (pip install -e .[ray])") from None
+            ray.init(ignore_reinit_error=True, include_dashboard=False)
+            remote = ray.remote(_run)
+            refs = {remote.remote((c, evaluate)): i for i, (_, c, _) in enumerate(todo)}
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending)
+                for ref in ready:
+                    yield row(refs[ref], ray.get(ref))
+        elif jobs <= 1:
+            for i, (_, c, _) in enumerate(todo):
+                yield row(i, evaluate_config(c, evaluate))
+        else:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                chunk = max(1, len(todo) // (jobs * 8))
+                batches = [list(range(i, min(i + chunk, len(todo)))) for i in range(0, len(todo), chunk)]
+                futures = {pool.submit(_run_batch, [(todo[i][1], evaluate) for i in b]): b for b in batches}
+                for fut in as_completed(futures):
+                    for i, outputs in zip(futures[fut], fut.result()):
+                        yield row(i, outputs)
+    finally:
+        bar.close()
+
+
+def _run_batch(items: list[tuple[dict, str]]) -> list[dict]:
+    return [evaluate_config(c, e) for c, e in items]
+
+
+class _RowWriter:
+    """Appends rows to the CSV as they arrive, flushing each; widens the header if needed."""
+
+    def __init__(self, path: str):
+        self.path, self.fh, self.writer, self.fields = path, None, None, None
+
+    def write(self, row: dict) -> None:
+        if self.writer is None or any(k not in self.fields for k in row):
+            self._reopen(row)
+        self.writer.writerow(row)
+        self.fh.flush()
+
+    def _reopen(self, row: dict) -> None:
+        old: list[dict] = []
+        fields: list[str] = []
+        if self.fh:
+            self.fh.close()
+        if os.path.exists(self.path):
+            with open(self.path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                old, fields = list(reader), list(reader.fieldnames or [])
+        fields += [k for k in row if k not in fields]
+        if old and fields == list(old[0].keys()):
+            self.fh = open(self.path, "a", newline="")
+            self.writer = csv.DictWriter(self.fh, fieldnames=fields)
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            tmp = self.path + ".tmp"
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=fields)
+                w.writeheader()
+                w.writerows(old)
+            os.replace(tmp, self.path)
+            self.fh = open(self.path, "a", newline="")
+            self.writer = csv.DictWriter(self.fh, fieldnames=fields)
+        self.fields = fields
+
+    def close(self) -> None:
+        if self.fh:
+            self.fh.close()
+
+
+def _cell(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, (dict, list)) else v
