@@ -8,6 +8,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="build the HTML report (what `make report` runs)",
                        description="Build a self-contained HTML report with PNG figures and CSV tables.")
     p.add_argument("--out", default="out/report", help="output folder (default out/report)")
+    p.add_argument("--config", default=None, help="report YAML (what-if ranges, published figures, jobs)")
+    p.add_argument("--runs", nargs="*", default=[], metavar="DIR", help="GRPO run folders (with metrics.jsonl)")
+    p.add_argument("--measured", nargs="*", default=[], metavar="CSV", help="CSVs written by hdc validate")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_report)
 
     p = sub.add_parser("sweep", help="evaluate a product grid of configs into a CSV",
@@ -43,7 +47,7 @@ def _jobs(text: str) -> int:
 def _report(args: argparse.Namespace) -> int:
     from experiments.report import build_report
 
-    path = build_report(args.out)
+    path = build_report(args.out, args.config, tuple(args.runs), tuple(args.measured), not args.no_progress)
     print(f"report written to {path}")
     return 0
 

@@ -113,4 +113,10 @@ def resolve(config: dict) -> dict:
     except UserError as e:
         raise UserError(f"workload: {e}") from None
     strategy = make_strategy(**data["strategy"])
+    if not isinstance(data["sim"], dict):
+        raise UserError(f"sim: must be a mapping of simulator constants, got {data['sim']!r}")
+    if data["sim"]:
+        from experiments.evaluate import constants_from
+
+        constants_from(data["sim"])  # validate now, before any work
     return {"topology": topology, "workload": workload, "strategy": strategy, "sim": data["sim"]}

@@ -1,64 +1,87 @@
-"""The report: a self-contained HTML page (relative links) with its tables as CSV beside it."""
+"""`hdc report`: the main job. Calibrates the simulator once on the published single-site
+MFU, reproduces NVIDIA's two-site Nemotron-4 340B run, answers what-if questions (distance,
+WAN bandwidth, chunks, three sites, model size), draws a simulated step, and — when given —
+sets emulated measurements and GRPO runs beside the predictions.
+
+Output: one folder with index.html, every figure as PNG and its data as CSV; written to a
+temporary folder and renamed into place, so a failed run never leaves a partial report.
+"""
 from __future__ import annotations
 
-import csv
-import html
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
 
-from hdc import cost
-from hdc.placement import place
-from hdc.strategies import make_strategy
-from hdc.topology import load_topology
-from hdc.units import fmt_bytes, fmt_time
-from hdc.workload import load_workload
-
-
-def alpha_beta_rows(topology_name: str, workload_name: str) -> list[dict]:
-    """Alpha-beta time of one full gradient sync of the workload, per strategy."""
-    topo = load_topology(topology_name)
-    work = load_workload(workload_name)
-    groups = place(topo, work.parallel).dp_groups()
-    numel = work.params_per_rank
-    rows = []
-    for name in ("flat_ring", "hierarchical", "chunked", "distributed_optimizer"):
-        plan = make_strategy(name).plan(topo, groups, numel, work.grad_bytes)
-        total, per_rank = cost.wan_bytes(topo, plan)
-        rows.append({"topology": topology_name, "strategy": plan.strategy,
-                     "grad_bytes_per_rank": numel * work.grad_bytes,
-                     "alpha_beta_s": cost.plan_time_s(topo, plan),
-                     "wan_bytes_per_rank": per_rank})
-    return rows
+from hdc.config import from_dict, load_yaml, meta
+from hdc.errors import UserError
+from experiments.html import ReportWriter
 
 
-def build_report(out_dir: str) -> str:
-    """Write the report into out_dir atomically (a temp folder renamed into place)."""
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
+@dataclass
+class ReportConfig:
+    topology: str = meta("the two-site topology to reproduce", default="nemotron-2dc")
+    baseline_topology: str = meta("the same GPUs in one site", default="single-site-3072")
+    workload: str = meta("the workload", default="nemotron-4-340b")
+    strategy: dict = meta("the strategy of the published run", default_factory=lambda: {"name": "chunked", "chunks": 8,
+                                                                         "overlap_backward": True})
+    published_single_site_mfu: float = meta("published single-site MFU (calibration target)", gt=0, le=1, default=0.51)
+    published_two_site_mfu: float = meta("published two-site MFU", gt=0, le=1, default=0.49)
+    published_scaling_efficiency: float = meta("published scaling efficiency", gt=0, le=1, default=0.96)
+    distances_km: list[float] = meta("what-if distances (fiber, km)", gt=0,
+                                     default_factory=lambda: [10.0, 1000.0, 2500.0, 5000.0])
+    wan_links: list[int] = meta("what-if counts of 400G WAN links", gt=0, default_factory=lambda: [2, 5, 10, 20, 40])
+    chunks: list[int] = meta("what-if chunk counts", gt=0, default_factory=lambda: [1, 2, 4, 8])
+    local_sgd_every: list[int] = meta("local SGD sync periods to show", gt=0, default_factory=lambda: [8])
+    models: list[str] = meta("workload presets for the model-size what-if",
+                             default_factory=lambda: ["llama-3-8b", "llama-3-70b", "nemotron-4-340b"])
+    jobs: int = meta("parallel simulator processes", gt=0, default=2)
+
+
+def load_config(path: Optional[str]) -> ReportConfig:
+    if path is None:
+        return ReportConfig()
+    try:
+        return from_dict(ReportConfig, load_yaml(path))
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _sim(job: tuple) -> dict:
+    """One simulation in a worker: (key, config dict, timeline?) -> row (+ timeline spans)."""
+    from experiments.configs import resolve
+    from experiments.evaluate import constants_from, result_row
+    from simulator import simulate
+
+    key, config, timeline = job
+    parts = resolve(config)
+    r = simulate(parts["topology"], parts["workload"], parts["strategy"], constants_from(parts["sim"]),
+                 timeline=timeline)
+    row = result_row(r)
+    row.update(key=key, gpus=r.gpus, assumptions=r.assumptions,
+               tiers={t: (u.bytes, u.utilization) for t, u in r.tiers.items()},
+               memory=r.memory.to_dict(), memory_alternative=r.memory_alternative.to_dict())
+    if timeline:
+        row["spans"] = r.timeline()["spans"]
+    return row
+
+
+def build_report(out_dir: str, config_path: Optional[str] = None, runs: tuple[str, ...] = (),
+                 measured: tuple[str, ...] = (), progress: bool = True) -> str:
+    cfg = load_config(config_path)
+    for r in runs:
+        if not os.path.exists(os.path.join(r, "metrics.jsonl")):
+            raise UserError(f"--runs {r}: no metrics.jsonl there (a folder written by hdc train)")
+    for m in measured:
+        if not os.path.isfile(m):
+            raise UserError(f"--measured {m}: no such file (write one with hdc validate --out)")
+    parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".report-", dir=parent)
     try:
-        rows = []
-        for topo in ("single-site-3072", "nemotron-2dc"):
-            rows += alpha_beta_rows(topo, "nemotron-4-340b")
-        with open(os.path.join(tmp, "alpha_beta.csv"), "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        topo = load_topology("nemotron-2dc")
-        summary = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in topo.summary())
-        table = "".join(
-            f"<tr><td>{html.escape(r['topology'])}</td><td>{html.escape(r['strategy'])}</td>"
-            f"<td>{fmt_bytes(r['grad_bytes_per_rank'])}</td><td>{fmt_time(r['alpha_beta_s'])}</td>"
-            f"<td>{fmt_bytes(r['wan_bytes_per_rank'])}</td></tr>" for r in rows)
-        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hdc report</title></head><body>
-<h1>hdc report</h1>
-<h2>Topology: {html.escape(topo.name)}</h2><table>{summary}</table>
-<h2>Gradient sync of Nemotron-4 340B (alpha-beta lower bound)</h2>
-<table><tr><th>topology</th><th>strategy</th><th>grad bytes / rank</th><th>alpha-beta</th><th>WAN bytes / rank</th></tr>
-{table}</table><p><a href="alpha_beta.csv">alpha_beta.csv</a></p></body></html>"""
-        with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as fh:
-            fh.write(page)
+        _write(ReportWriter(tmp, "hdc report — training across datacenters"), cfg, runs, measured, progress)
         if os.path.isdir(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -66,3 +89,61 @@ def build_report(out_dir: str) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return os.path.join(out_dir, "index.html")
+
+
+def _jobs(cfg: ReportConfig, sim: dict) -> list[tuple]:
+    base = {"topology": cfg.topology, "workload": cfg.workload, "sim": sim}
+    strat = dict(cfg.strategy)
+    strategies = {"flat_ring": {"name": "flat_ring"}, "hierarchical": {"name": "hierarchical"},
+                  "hierarchical + chunked": strat,
+                  "distributed optimizer": {"name": "distributed_optimizer"}}
+    strategies.update({f"local_sgd H={h}": {"name": "local_sgd", "every": h} for h in cfg.local_sgd_every})
+    jobs = [("repro/2site", {**base, "strategy": strat}, True),
+            ("repro/1site", {**base, "topology": cfg.baseline_topology, "strategy": strat}, True)]
+    for name, s in strategies.items():
+        jobs.append((f"strategy/{name}", {**base, "strategy": s}, False))
+        for d in cfg.distances_km:
+            jobs.append((f"distance/{name}/{d:g}", {**base, "strategy": s,
+                                                    "overrides": {"topology.wan[0].distance": f"{d:g}km"}}, False))
+    for name in ("flat_ring", "hierarchical", "hierarchical + chunked"):
+        for n in cfg.wan_links:
+            jobs.append((f"bandwidth/{name}/{n}", {**base, "strategy": strategies[name],
+                                                   "overrides": {"topology.wan[0].links": n}}, False))
+    for c in cfg.chunks:
+        jobs.append((f"chunks/{c}", {**base, "strategy": {**strat, "name": "chunked", "chunks": c}}, False))
+    # three sites of 1,024 GPUs hold 10 replicas of 96 GPUs each: DP 30 (2,880 GPUs busy)
+    three = {"workload.parallel.dp": 30, "workload.parallel.global_batch_size": 1440}
+    for name in ("flat_ring", "hierarchical + chunked"):
+        jobs.append((f"3site/{name}", {**base, "topology": "three-site", "strategy": strategies[name],
+                                       "overrides": three}, False))
+        jobs.append((f"2site-dp30/{name}", {**base, "strategy": strategies[name], "overrides": three}, False))
+    for m in cfg.models:
+        if m != cfg.workload:
+            jobs.append((f"model/{m}", {**base, "workload": m, "strategy": strat}, False))
+    return jobs
+
+
+def _write(w: ReportWriter, cfg: ReportConfig, runs, measured, progress: bool) -> None:
+    from tqdm import tqdm
+
+    from simulator import SimConstants, calibrate_compute_efficiency
+    from hdc.strategies import make_strategy
+
+    bar = tqdm(total=1, desc="report: calibrating", disable=not progress, unit="sim")
+    eff = calibrate_compute_efficiency(cfg.baseline_topology, cfg.workload, make_strategy(**cfg.strategy),
+                                       cfg.published_single_site_mfu)
+    bar.update()
+    bar.close()
+    sim = {"compute_efficiency": eff}
+    jobs = _jobs(cfg, sim)
+    rows: dict[str, dict] = {}
+    bar = tqdm(total=len(jobs), desc="report: simulating", disable=not progress, unit="sim")
+    with ProcessPoolExecutor(max_workers=cfg.jobs) as pool:
+        for row in pool.map(_sim, jobs):
+            rows[row["key"]] = row
+            bar.update()
+    bar.close()
+    from experiments.report_sections import write_sections
+
+    write_sections(w, cfg, eff, rows, runs, measured, SimConstants(compute_efficiency=eff))
+    w.save()

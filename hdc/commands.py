@@ -47,12 +47,20 @@ def add_strategy_args(p: argparse.ArgumentParser) -> None:
                    help="strategy wrapped by 'chunked' and 'local_sgd' (default hierarchical)")
     p.add_argument("--every", type=_positive_int("--every"), default=10,
                    help="'local_sgd': steps between cross-site syncs (default 10)")
+    p.add_argument("--overlap-backward", action="store_true",
+                   help="'chunked': chunk c starts as soon as backward has produced it (otherwise, in a "
+                        "training step, each gradient bucket is split into --chunks pieces)")
+    p.add_argument("--inflight", type=_positive_int("--inflight"), default=1,
+                   help="'chunked': chunks in flight per phase (default 1: one stream)")
 
 
 def strategy_from_args(args: argparse.Namespace):
     from hdc.strategies import make_strategy
 
-    return make_strategy(args.strategy, chunks=args.chunks, inner=args.inner, every=args.every)
+    if (args.overlap_backward or args.inflight > 1) and args.strategy != "chunked":
+        raise UserError("--overlap-backward/--inflight: only for --strategy chunked")
+    return make_strategy(args.strategy, chunks=args.chunks, inner=args.inner, every=args.every,
+                         overlap_backward=args.overlap_backward, inflight=args.inflight)
 
 
 def _positive_int(flag: str):

@@ -32,7 +32,7 @@ def test_grad_size_and_buckets():
     assert w.grad_size_bytes == per_rank * 4
     assert sum(w.buckets()) == per_rank
     assert max(w.buckets()) == 40_000_000
-    assert w.parallel.micro_batches == 768 // 32
+    assert w.parallel.micro_batches == 1536 // 32
 
 
 def test_placement_keeps_pipelines_inside_a_site():
