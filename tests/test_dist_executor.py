@@ -50,7 +50,7 @@ def test_local_sgd_runs_param_steps_only_on_sync_steps(world_results):
 
 
 def test_owned_regions_cover_the_buffer_once_per_bucketed_plan():
-    from trainer.dist.grad_sync import owned_regions
+    from hdc.reference import owned_regions
 
     topo = topology_for_world(6)
     plan = bucketed(DistributedOptimizer(), topo, [range(6)], [10, 7, 1], 4)

@@ -13,7 +13,7 @@ import importlib
 
 _EXPORTS = {
     "PlanExecutor": "executor", "DistGradientSync": "grad_sync", "ShardedOptimizer": "sharded_optimizer",
-    "owned_regions": "grad_sync", "ProcessGroups": "groups", "default_backend": "groups",
+    "ProcessGroups": "groups", "default_backend": "groups",
     "init_distributed": "groups", "DistEnv": "launch", "init_from_env": "launch",
 }
 __all__ = sorted(_EXPORTS)

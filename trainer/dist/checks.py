@@ -156,7 +156,7 @@ def executor_cases(rank: int, world: int, sizes=SIZES, device: Optional[str] = N
         total = np.sum([inputs[r] for r in range(world)], axis=0)
         buf = torch.from_numpy(inputs[rank].copy()).to(dev)
         ex.run(buf, 0, "grad")
-        from trainer.dist.grad_sync import owned_regions
+        from hdc.reference import owned_regions
 
         (off, m), = owned_regions(plan, rank)
         ok_shard = bool(np.allclose(buf.cpu().numpy()[off:off + m], total[off:off + m], rtol=1e-5, atol=1e-5))

@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from hdc.errors import UserError
 from hdc.plan import Plan, split
+from hdc.reference import owned_regions
 from hdc.strategies import (Chunked, DistributedOptimizer, LocalSGD, Strategy, append_chunks, by_site,
                             make_strategy)
 from hdc.topology import Topology
@@ -40,33 +41,6 @@ from trainer.dist.groups import DEFAULT_TIMEOUT_S, ProcessGroups
 
 if TYPE_CHECKING:
     from trainer.dist.sharded_optimizer import ShardedOptimizer
-
-
-def owned_regions(plan: Plan, rank: int) -> list[tuple[int, int]]:
-    """(offset, numel) per chunk/bucket that `rank` holds fully reduced after the 'grad' steps.
-
-    hdc.reference.owned_region applied chunk by chunk (it assumes one chunk: on a bucketed
-    plan it would return only the last bucket's shard).
-    """
-    out = []
-    for c in sorted({s.chunk for s in plan.steps}):
-        steps = [s for s in plan.steps if s.chunk == c]
-        lo = min(o for s in steps for o, _ in s.regions)
-        hi = max(o + n for s in steps for o, n in s.regions)
-        region = (lo, hi - lo)
-        for step in steps:
-            if step.phase != "grad":
-                continue
-            for group, (off, n) in zip(step.groups, step.regions):
-                if rank not in group:
-                    continue
-                if step.op == "reduce_scatter":
-                    so, sn = split(n, len(group))[group.index(rank)]
-                    region = (off + so, sn)
-                elif step.op == "all_gather":
-                    region = (lo, hi - lo)
-        out.append(region)
-    return out or [(0, plan.numel)]
 
 
 def wait_work(work, timeout_s: float, what: str) -> None:
