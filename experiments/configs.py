@@ -2,7 +2,7 @@
 mappings) plus dotted-path overrides — the unit a sweep varies and a report row describes.
 
 Dotted paths reach into the raw YAML: `topology.wan[0].rtt`, `topology.site_defaults.nodes`,
-`workload.parallel.dp`, `strategy.name`, `sim.compute_efficiency`. Setting a WAN link's
+`workload.parallel.dp`, `strategy.name`, `sim.compute_efficiency`, `faults.slow_gpu_factor`. Setting a WAN link's
 `distance` clears its `rtt` and the other way round, so a sweep can switch between them.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hdc.errors import UserError
 from hdc.topology import PRESET_DIR, preset_names, topology_from_dict
 from hdc.workload import WORKLOAD_DIR, workload_from_dict, workload_names
 
-SECTIONS = ("topology", "workload", "strategy", "sim")
+SECTIONS = ("topology", "workload", "strategy", "sim", "faults")
 STRATEGY_KEYS = {"name": str, "chunks": int, "inner": str, "every": int, "overlap_backward": bool,
                  "hierarchical": bool, "inflight": int}
 _INDEX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
@@ -88,6 +88,7 @@ def resolve(config: dict) -> dict:
         "workload": raw_workload(config.get("workload", "nemotron-4-340b")),
         "strategy": copy.deepcopy(config.get("strategy", {"name": "hierarchical"})),
         "sim": copy.deepcopy(config.get("sim", {}) or {}),
+        "faults": copy.deepcopy(config.get("faults", {}) or {}),
     }
     if isinstance(data["strategy"], str):
         data["strategy"] = {"name": data["strategy"]}
@@ -119,4 +120,10 @@ def resolve(config: dict) -> dict:
         from experiments.evaluate import constants_from
 
         constants_from(data["sim"])  # validate now, before any work
-    return {"topology": topology, "workload": workload, "strategy": strategy, "sim": data["sim"]}
+    faults = None
+    if data["faults"]:
+        from hdc.config import from_dict
+        from simulator.faults import Faults
+
+        faults = from_dict(Faults, data["faults"], "faults")
+    return {"topology": topology, "workload": workload, "strategy": strategy, "sim": data["sim"], "faults": faults}

@@ -28,5 +28,6 @@ def result_row(result) -> dict[str, Any]:
 def simulate_row(parts: dict) -> dict[str, Any]:
     from simulator import simulate
 
-    result = simulate(parts["topology"], parts["workload"], parts["strategy"], constants_from(parts["sim"]))
+    result = simulate(parts["topology"], parts["workload"], parts["strategy"], constants_from(parts["sim"]),
+                      faults=parts.get("faults"))
     return result_row(result)

@@ -69,7 +69,7 @@ def gantt(timelines: dict[str, list[dict]], title: str):
     axes = [axes] if len(timelines) == 1 else list(axes)
     rows = []
     for ax, (case, spans) in zip(axes, timelines.items()):
-        ranks = sorted({s["rank"] for s in spans}, key=lambda r: (r.split("/")[0] != "pipeline", r))
+        ranks = sorted({s["rank"] for s in spans}, key=_rank_order)
         for s in spans:
             kind = s["kind"].split(":")[0]
             ax.broken_barh([(s["start_s"], s["end_s"] - s["start_s"])], (ranks.index(s["rank"]) - 0.4, 0.8),
@@ -81,10 +81,17 @@ def gantt(timelines: dict[str, list[dict]], title: str):
         ax.invert_yaxis()
     axes[-1].set_xlabel("time in step (s)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in KIND_COLORS.values()]
-    fig.legend(handles, list(KIND_COLORS), ncol=len(KIND_COLORS), fontsize=8, loc="upper center")
-    fig.suptitle(title, fontsize=11, y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.suptitle(title, fontsize=11)
+    fig.legend(handles, list(KIND_COLORS), ncol=len(KIND_COLORS), fontsize=8, loc="lower center")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig, ["case", "rank", "kind", "start_s", "end_s"], rows
+
+
+def _rank_order(rank: str) -> tuple:
+    """'pipeline/stage10' sorts after 'pipeline/stage9'; pipelines before their DP rows."""
+    row, _, stage = rank.partition("/")
+    digits = "".join(ch for ch in stage if ch.isdigit())
+    return (row != "pipeline", int(digits) if digits else 0, rank)
 
 
 def scatter_predicted_measured(points: list[tuple[str, float, float]], title: str):

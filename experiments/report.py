@@ -40,6 +40,12 @@ class ReportConfig:
     jobs: int = meta("parallel simulator processes", gt=0, default=2)
 
 
+FAULTS = {"one GPU 20% slower": {"slow_gpu_factor": 1.2},
+          "site dc-b 10% slower": {"slow_site": "dc-b", "slow_site_factor": 1.1},
+          "WAN at 50% bandwidth": {"wan_bandwidth_factor": 0.5},
+          "5 of 20 WAN links down": {"wan_links_failed": 5}}
+
+
 def load_config(path: Optional[str]) -> ReportConfig:
     if path is None:
         return ReportConfig()
@@ -58,7 +64,7 @@ def _sim(job: tuple) -> dict:
     key, config, timeline = job
     parts = resolve(config)
     r = simulate(parts["topology"], parts["workload"], parts["strategy"], constants_from(parts["sim"]),
-                 timeline=timeline)
+                 timeline=timeline, faults=parts["faults"])
     row = result_row(r)
     row.update(key=key, gpus=r.gpus, assumptions=r.assumptions,
                tiers={t: (u.bytes, u.utilization) for t, u in r.tiers.items()},
@@ -117,6 +123,8 @@ def _jobs(cfg: ReportConfig, sim: dict) -> list[tuple]:
         jobs.append((f"3site/{name}", {**base, "topology": "three-site", "strategy": strategies[name],
                                        "overrides": three}, False))
         jobs.append((f"2site-dp30/{name}", {**base, "strategy": strategies[name], "overrides": three}, False))
+    for label, faults in FAULTS.items():
+        jobs.append((f"faults/{label}", {**base, "strategy": strat, "faults": faults}, False))
     for m in cfg.models:
         if m != cfg.workload:
             jobs.append((f"model/{m}", {**base, "workload": m, "strategy": strat}, False))

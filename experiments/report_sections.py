@@ -87,6 +87,12 @@ def write_sections(w, cfg, eff, rows, runs, measured, constants) -> None:
                              "scaling efficiency", "Strategies on the two-site topology (21 ms)")
     w.figure("strategies", fig, "Scaling efficiency per strategy at 21 ms", c, r)
 
+    fault_rows = [("healthy", two)] + [(k.split("/", 1)[1], row) for k, row in rows.items() if k.startswith("faults/")]
+    w.table("faults", ["fault (two sites, hierarchical + chunked)", "step time (s)", "MFU", "scaling efficiency"],
+            [(name, r["step_time_s"], r["mfu"], r["scaling_efficiency"]) for name, r in fault_rows],
+            caption="Stragglers and WAN faults against the healthy single-site baseline",
+            fmt={"MFU": ".1%", "scaling efficiency": ".1%", "step time (s)": ".3f"})
+
     # 4. Gantt
     w.h2("4. One simulated step", "gantt")
     fig, c, r = figures.gantt({"one site": one["spans"], "two sites": two["spans"]},

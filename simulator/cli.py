@@ -21,6 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="first pick the compute efficiency at which the same GPUs in one site reach "
                         "this MFU (e.g. 0.51), then simulate")
     p.add_argument("--no-baseline", action="store_true", help="skip the single-site run (no scaling efficiency)")
+    f = p.add_argument_group("faults (the single-site baseline stays healthy)")
+    f.add_argument("--slow-gpu", metavar="FACTOR[@STAGE]", default=None,
+                   help="one GPU computes FACTOR times slower (>= 1), in pipeline STAGE (default 0)")
+    f.add_argument("--slow-site", metavar="NAME=FACTOR", default=None,
+                   help="every GPU of site NAME computes FACTOR times slower")
+    f.add_argument("--wan-bandwidth-factor", type=float, default=1.0, metavar="F",
+                   help="fraction of nominal bandwidth every WAN link delivers, in (0, 1]")
+    f.add_argument("--wan-links-failed", type=int, default=0, metavar="N",
+                   help="parallel links down on every WAN connection (traffic fails over)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--timeline", metavar="OUT.json", default=None,
                    help="write per-rank spans (kind, start_s, end_s) for a Gantt chart")
@@ -48,7 +57,7 @@ def _simulate(args: argparse.Namespace) -> int:
         constants = constants.with_(compute_efficiency=calibrate_compute_efficiency(
             one, work, strategy, args.calibrate_mfu, constants))
     result = simulate(topo, work, strategy, constants, baseline=not args.no_baseline,
-                      timeline=args.timeline is not None)
+                      timeline=args.timeline is not None, faults=faults_from_args(args))
     if args.calibrate_mfu is not None:
         result.assumptions.insert(0, f"compute efficiency calibrated so the same GPUs in one site reach "
                                      f"MFU {args.calibrate_mfu:.1%}")
@@ -60,3 +69,34 @@ def _simulate(args: argparse.Namespace) -> int:
             raise UserError(f"--timeline: cannot write {args.timeline}: {e.strerror}") from None
     print(result.to_json() if args.json else result.format())
     return 0
+
+
+def faults_from_args(args: argparse.Namespace):
+    """The --slow-gpu/--slow-site/--wan-* flags as a validated Faults object."""
+    from hdc.config import from_dict
+    from hdc.errors import UserError
+    from simulator import Faults
+
+    data: dict = {"wan_bandwidth_factor": args.wan_bandwidth_factor, "wan_links_failed": args.wan_links_failed}
+    try:
+        if args.slow_gpu:
+            factor, _, stage = args.slow_gpu.partition("@")
+            data["slow_gpu_factor"] = float(factor)
+            data["slow_gpu_stage"] = int(stage) if stage else 0
+        if args.slow_site:
+            name, sep, factor = args.slow_site.partition("=")
+            if not sep or not name:
+                raise ValueError
+            data["slow_site"], data["slow_site_factor"] = name, float(factor)
+    except ValueError:
+        raise UserError("--slow-gpu takes FACTOR[@STAGE] (e.g. 1.2@3); --slow-site takes NAME=FACTOR "
+                        "(e.g. dc-b=1.1)") from None
+    try:
+        return from_dict(Faults, data)
+    except UserError as e:
+        flag = {"wan_bandwidth_factor": "--wan-bandwidth-factor", "wan_links_failed": "--wan-links-failed",
+                "slow_gpu_factor": "--slow-gpu", "slow_gpu_stage": "--slow-gpu", "slow_site_factor": "--slow-site"}
+        msg = str(e)
+        for field_name, flag_name in flag.items():
+            msg = msg.replace(f"{field_name}:", f"{flag_name}:")
+        raise UserError(msg) from None

@@ -55,8 +55,10 @@ class Pipeline:
                  send: Callable[[int, int], simpy.Event],
                  param_ready: Callable[[int, int], list],
                  on_last_backward: Callable[[int, int, float, float], None],
-                 spans: Optional[list] = None, name: str = "pipeline"):
+                 spans: Optional[list] = None, name: str = "pipeline",
+                 stage_factors: Optional[list[float]] = None):
         self.env, self.pp, self.vpp, self.m = env, pp, vpp, micro_batches
+        self.stage_factors = stage_factors or [1.0] * pp  # compute slowdown per stage (stragglers)
         self.forward_s, self.backward_s = forward_s, backward_s
         self.send, self.param_ready, self.on_last_backward = send, param_ready, on_last_backward
         self.spans = spans
@@ -96,7 +98,7 @@ class Pipeline:
                         yield simpy.AllOf(env, waits)
                         self.param_wait_s[s] += env.now - t0
                 start = env.now
-                yield env.timeout(self.forward_s)
+                yield env.timeout(self.forward_s * self.stage_factors[s])
                 self._span(s, "forward", start, j, i)
                 if vs < last_vs:
                     self._deliver(self.act, (vs + 1, i), s, (vs + 1) % p)
@@ -105,8 +107,8 @@ class Pipeline:
                     yield self._event(self.grad, (vs, i))
                 start = env.now
                 if i == self.m - 1:
-                    self.on_last_backward(s, j, start, self.backward_s)
-                yield env.timeout(self.backward_s)
+                    self.on_last_backward(s, j, start, self.backward_s * self.stage_factors[s])
+                yield env.timeout(self.backward_s * self.stage_factors[s])
                 self._span(s, "backward", start, j, i)
                 if vs > 0:
                     self._deliver(self.grad, (vs - 1, i), s, (vs - 1) % p)

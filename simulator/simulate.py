@@ -12,6 +12,7 @@ from hdc.strategies import Strategy, make_strategy
 from hdc.topology import Site, Topology, load_topology
 from hdc.workload import Workload, load_workload
 from simulator import memory
+from simulator.faults import Faults, apply_to_topology, stage_factors
 from simulator.model import SimConstants
 from simulator.result import Breakdown, Result, TierUse, wan_summary
 from simulator.step import RunStats, run_step
@@ -38,39 +39,46 @@ def _resolve(topology, workload, strategy):
     return topo, work, strat
 
 
-def _average(topology, workload, strategy, constants, train_step, aggregate, timeline, rounds="coflow"
-             ) -> tuple[RunStats, float]:
+def _average(topology, workload, strategy, constants, train_step, aggregate, timeline, rounds="coflow",
+             factors=None) -> tuple[RunStats, float]:
     """Run the step; with periodic plan steps (local SGD) and no train_step given, the step
     time is the average over one period: one step with the periodic sync, period-1 without."""
     stats = run_step(topology, workload, strategy, constants, train_step or 0, aggregate, timeline,
-                     rounds=rounds)
+                     rounds=rounds, stage_factors=factors)
     period = max((s.period for s in stats.plan.steps), default=1)
     if train_step is not None or period == 1:
         return stats, stats.step_time_s
-    other = run_step(topology, workload, strategy, constants, 1, aggregate, False, rounds=rounds)
+    other = run_step(topology, workload, strategy, constants, 1, aggregate, False, rounds=rounds,
+                     stage_factors=factors)
     return stats, (stats.step_time_s + (period - 1) * other.step_time_s) / period
 
 
 def simulate(topology: Union[Topology, str], workload: Union[Workload, str], strategy: Union[Strategy, str],
              constants: Optional[SimConstants] = None, *, baseline: bool = True, timeline: bool = False,
-             train_step: Optional[int] = None, aggregate: bool = True, rounds: str = "coflow") -> Result:
+             train_step: Optional[int] = None, aggregate: bool = True, rounds: str = "coflow",
+             faults: Optional[Faults] = None) -> Result:
     """Predict one training step. `baseline` also simulates the same GPUs in one site for the
     scaling efficiency (cached per configuration). `aggregate=False` simulates every rank
     instead of one pipeline standing for all; `rounds='exact'` (with aggregate=False) sends
     every collective message by message, a barrier per round. Both are slow: they exist to
-    check the fast path."""
+    check the fast path. `faults` (stragglers, degraded or failed WAN links) change this run;
+    the single-site baseline stays healthy, so the efficiency shows what the faults cost."""
     if rounds == "exact" and aggregate:
         raise ValueError("rounds='exact' needs aggregate=False")
     topo, work, strat = _resolve(topology, workload, strategy)
     constants = constants or SimConstants()
-    stats, step_s = _average(topo, work, strat, constants, train_step, aggregate, timeline, rounds)
+    faults = faults or Faults()
+    healthy = topo
+    topo = apply_to_topology(topo, faults)
+    factors = stage_factors(topo, work.parallel.pp, faults)
+    stats, step_s = _average(topo, work, strat, constants, train_step, aggregate, timeline, rounds, factors)
     gpus = work.parallel.world_size
     single_s = None
     if baseline:
         if len(topo.sites) == 1:
             single_s = step_s
         else:
-            one = single_site(topo)
+            one = single_site(healthy)
             key = json.dumps([to_dict(one.sites[0]), to_dict(one.gpu), to_dict(work), strat.describe(),
                               asdict(constants), train_step, aggregate, rounds], sort_keys=True, default=str)
             if key not in _BASELINES:
@@ -95,7 +103,7 @@ def simulate(topology: Union[Topology, str], workload: Union[Workload, str], str
         scaling_efficiency=(single_s / step_s) if single_s else None, single_site_step_time_s=single_s,
         tiers=tiers, memory=memory.estimate(work, dist), memory_alternative=memory.estimate(work, not dist),
         distributed_optimizer=dist, constants=asdict(constants),
-        assumptions=assumptions(topo, work, strat, constants, stats),
+        assumptions=faults.describe() + assumptions(topo, work, strat, constants, stats),
         events={"flows": stats.flows, "plan_steps": len(stats.plan.steps)}, spans=stats.spans)
 
 

@@ -148,11 +148,13 @@ def owned_elements(plan: Plan, rank: int, train_step: int = 0) -> int:
 
 def run_step(topology: Topology, workload: Workload, strategy: Strategy, constants: SimConstants,
              train_step: int = 0, aggregate: bool = True, timeline: bool = False,
-             routes: Routes | None = None, rounds: str = "coflow") -> RunStats:
+             routes: Routes | None = None, rounds: str = "coflow",
+             stage_factors: list[float] | None = None) -> RunStats:
     """Simulate one step. aggregate=True simulates one pipeline for all DP replicas and TP
     ranks (their traffic folded into link weights); False simulates every rank.
     rounds='exact' runs every collective message by message with a barrier per round
-    (only with aggregate=False); 'coflow' runs each group's rounds as one flow."""
+    (only with aggregate=False); 'coflow' runs each group's rounds as one flow.
+    stage_factors slow the compute of each pipeline stage (stragglers; see simulator.faults)."""
     par = workload.parallel
     pp, vpp, tp, m = par.pp, par.vpp, par.tp, par.micro_batches
     placement = place(topology, par)
@@ -264,7 +266,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
                           costs.backward_s + costs.tp_backward_s, make_send(pi),
                           lambda s, j: param_waits.get((s, j), []),
                           lambda s, j, t0, d, pi=pi: on_last_backward(pi, s, j, t0, d),
-                          spans=spans if pi == 0 else None, name="pipeline")
+                          spans=spans if pi == 0 else None, name="pipeline", stage_factors=stage_factors)
                  for pi in range(len(pipes))]
     optimizer_done = env.event()
 
@@ -324,7 +326,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
     # -- breakdown (per GPU of the critical stage; sums to the step time) -------------------------
     pipe_end = max(pipelines[0].end_s)
     param_wait = max(pipelines[0].param_wait_s)
-    compute = m * vpp * (costs.forward_s + costs.backward_s)
+    compute = m * vpp * (costs.forward_s + costs.backward_s) * max(stage_factors or [1.0])
     tp_exposed = m * vpp * (costs.tp_forward_s + costs.tp_backward_s)
     ideal = ideal_bubble_s(pp, vpp, vpp * (costs.forward_s + costs.tp_forward_s),
                            vpp * (costs.backward_s + costs.tp_backward_s))
