@@ -63,7 +63,7 @@ class ReportWriter:
         if columns is not None and rows is not None:
             self.write_csv(f"{name}.csv", columns, rows)
             link = f' (data: <a href="{name}.csv">{name}.csv</a>)'
-        self.parts.append(f'<figure><img src="{png}" alt="{html.escape(caption)}">'
+        self.parts.append(f'<figure><img src="{png}" alt="{html.escape(caption)}" onerror="hdcBroken(this)">'
                           f"<figcaption>{html.escape(caption)}{link}</figcaption></figure>")
 
     def write_csv(self, filename: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -74,8 +74,11 @@ class ReportWriter:
         self.files.append(filename)
 
     def html_page(self) -> str:
+        # an image that fails to load marks the page (checked by the browser test)
+        script = ("<script>function hdcBroken(img){document.body.dataset.brokenImages="
+                  "(+(document.body.dataset.brokenImages||0)+1);img.alt='MISSING: '+img.src;}</script>")
         return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
-                f"<style>{CSS}</style></head><body><h1>{html.escape(self.title)}</h1>"
+                f"<style>{CSS}</style>{script}</head><body><h1>{html.escape(self.title)}</h1>"
                 + "\n".join(self.parts) + "</body></html>")
 
     def save(self) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 from experiments import figures
@@ -13,6 +14,13 @@ BREAKDOWN = [("compute", "compute_s"), ("exposed TP comm", "tp_exposed_s"), ("ex
 
 def write_sections(w, cfg, eff, rows, runs, measured, constants) -> None:
     two, one = rows["repro/2site"], rows["repro/1site"]
+    summary = {"compute_efficiency": eff, "strategy": cfg.strategy, "topology": cfg.topology,
+               "baseline_topology": cfg.baseline_topology, "workload": cfg.workload,
+               "predicted": {k: {m: r[m] for m in ("step_time_s", "mfu", "scaling_efficiency")}
+                             for k, r in rows.items()}}
+    with open(os.path.join(w.folder, "summary.json"), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=1)
+    w.files.append("summary.json")
     w.p("Every number below comes out of hdc's simulator (SimPy over a NetworkX model of the topology) "
         "running the same strategy objects the trainer uses. The simulator is calibrated once: its achievable "
         f"compute efficiency is chosen so that the single-site run reaches the published "

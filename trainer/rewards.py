@@ -59,6 +59,13 @@ def accuracy(prompts: list, completions: list, answer: list | None = None, **kwa
 
     answers = answer if answer is not None else kwargs.get("solution", [None] * len(completions))
     configs = [LatexExtractionConfig(), ExprExtractionConfig()]
+    parsed: dict[str, list] = {}  # a group shares its reference answer: parse it once
+
+    def parse_once(text: str) -> list:
+        if text not in parsed:
+            parsed[text] = parse(f"${text}$", extraction_config=configs)
+        return parsed[text]
+
     out: list[float | None] = []
     for completion, ref in zip(completions, answers):
         if ref is None:
@@ -67,10 +74,11 @@ def accuracy(prompts: list, completions: list, answer: list | None = None, **kwa
         found = extract_answer(completion_text(completion))
         if found is None:
             out.append(0.0)
-            continue
-        gold = parse(f"${ref}$", extraction_config=configs)
-        guess = parse(f"${found}$", extraction_config=configs)
-        out.append(1.0 if gold and guess and verify(gold, guess) else 0.0)
+        elif found == str(ref).strip():  # identical text needs no symbolic check
+            out.append(1.0)
+        else:
+            gold, guess = parse_once(str(ref)), parse_once(found)
+            out.append(1.0 if gold and guess and verify(gold, guess) else 0.0)
     return out
 
 
@@ -114,16 +122,27 @@ def reward_name(func: RewardFunc) -> str:
     return getattr(func, "__name__", type(func).__name__)
 
 
+def bind_params(func: RewardFunc, params: dict[str, Any]) -> RewardFunc:
+    """`func` with extra keyword arguments fixed (a recipe's rewards[i].params), same log name."""
+    if not params:
+        return func
+
+    def bound(prompts: list, completions: list, **kwargs: Any) -> list:
+        return func(prompts, completions, **{**kwargs, **params})
+
+    bound.__name__ = reward_name(func)
+    return bound
+
+
 def score(reward_funcs: list[RewardFunc], weights: list[float], prompts: list, completions: list,
-          columns: dict[str, list], params: list[dict] | None = None) -> tuple[list[list[float]], list[float]]:
+          columns: dict[str, list]) -> tuple[list[list[float]], list[float]]:
     """Run every reward function; return per-function values (NaN for None) and the weighted sums.
 
     A sample's total skips functions that returned None for it; if all did, its total is 0.
     """
-    params = params or [{} for _ in reward_funcs]
     per_func: list[list[float]] = []
-    for func, extra in zip(reward_funcs, params):
-        values = func(prompts=prompts, completions=completions, **columns, **extra)
+    for func in reward_funcs:
+        values = func(prompts=prompts, completions=completions, **columns)
         if len(values) != len(completions):
             raise ValueError(f"reward {reward_name(func)} returned {len(values)} values for "
                              f"{len(completions)} completions")

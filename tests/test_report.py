@@ -1,0 +1,85 @@
+"""The report: every referenced file exists, no figure is empty, the reproduction table holds
+the simulator's numbers for the same inputs, and a failed build leaves nothing behind."""
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from experiments.report import build_report
+from hdc.errors import UserError
+
+SMALL = {"distances_km": [1000.0], "wan_links": [20], "chunks": [8], "local_sgd_every": [8],
+         "models": ["nemotron-4-340b"], "jobs": 2}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    cfg = tmp / "report.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    index = build_report(str(tmp / "out"), str(cfg), progress=False)
+    return os.path.dirname(index)
+
+
+def test_every_link_and_image_exists_and_no_figure_is_empty(report):
+    import matplotlib.image as mpimg
+
+    page = open(os.path.join(report, "index.html"), encoding="utf-8").read()
+    refs = set(re.findall(r'(?:src|href)="([^"#:]+)"', page))
+    assert {"breakdown.png", "distance.png", "gantt.png", "repro.csv"} <= refs
+    for ref in refs:
+        assert os.path.isfile(os.path.join(report, ref)), ref
+    for png in (r for r in refs if r.endswith(".png")):
+        pixels = mpimg.imread(os.path.join(report, png))
+        assert pixels.std() > 0.05, f"{png} looks blank"
+        data = os.path.join(report, png[:-4] + ".csv")
+        assert os.path.isfile(data) and sum(1 for _ in open(data)) > 1, f"{png} has no data rows"
+
+
+def test_reproduction_numbers_come_from_the_simulator(report):
+    from hdc.strategies import make_strategy
+    from simulator import SimConstants, simulate
+
+    summary = json.load(open(os.path.join(report, "summary.json")))
+    r = simulate(summary["topology"], summary["workload"], make_strategy(**summary["strategy"]),
+                 SimConstants(compute_efficiency=summary["compute_efficiency"]))
+    assert summary["predicted"]["repro/2site"]["mfu"] == pytest.approx(r.mfu, rel=1e-9)
+    rows = {row[0]: row for row in csv.reader(open(os.path.join(report, "repro.csv")))}
+    assert f"{r.mfu:.1%}" in rows["two-site MFU"][2]
+    assert f"{r.scaling_efficiency:.1%}" in rows["scaling efficiency"][2]
+    assert rows["single-site MFU"][2].startswith("51.0%")
+
+
+def test_bad_inputs_leave_no_output(tmp_path):
+    with pytest.raises(UserError, match="--runs"):
+        build_report(str(tmp_path / "out"), runs=(str(tmp_path),), progress=False)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distances_km: [-5]\n")
+    with pytest.raises(UserError, match=r"distances_km\[0\]: must be a number > 0"):
+        build_report(str(tmp_path / "out"), str(bad), progress=False)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".report-")]
+
+
+@pytest.mark.browser
+def test_chromium_renders_the_report_without_missing_images(report, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    url = "file://" + os.path.join(report, "index.html")
+    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    assert "<h1>hdc report" in dom
+    assert "data-broken-images" not in dom, "an image failed to load"
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,3000", url],
+                   capture_output=True, timeout=120)
+    assert shot.stat().st_size > 50_000
+    shutil.copy(shot, os.path.join(os.path.dirname(report), "screenshot.png"))

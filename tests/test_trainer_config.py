@@ -1,0 +1,85 @@
+"""Recipes: validated at the edge, errors name the field, `recipe show` prints everything."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hdc.config import help_table
+from hdc.errors import UserError
+from trainer.config import GRPOConfig, Recipe, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_both_recipes_validate():
+    tiny = load_recipe(str(ROOT / "recipes/tiny-arith.yaml"))
+    assert tiny.grpo.completions_per_step() == 16 * 8
+    deep = load_recipe(str(ROOT / "recipes/deepscaler.yaml"))
+    g = deep.grpo
+    assert (g.generation_batch_size // g.num_generations, g.num_generations) == (512, 64)
+    assert (g.max_completion_length, g.learning_rate, g.beta, g.epsilon) == (8192, 1e-6, 0.04, 0.2)
+    assert [(r.func, r.weight) for r in deep.rewards] == [("accuracy", 1.0), ("format", 0.5)]
+
+
+def test_deepscaler_batch_needs_64_processes():
+    g = load_recipe(str(ROOT / "recipes/deepscaler.yaml")).grpo
+    assert g.completions_per_step(world_size=64) == 512 * 64
+    with pytest.raises(UserError, match="grpo.generation_batch_size: must equal"):
+        g.completions_per_step(world_size=1)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("grpo.loss_type=sum", "grpo.loss_type: must be one of grpo, bnpo, dr_grpo, dapo, got 'sum'"),
+    ("grpo.learning_rate=-1", "grpo.learning_rate: must be a number > 0, got -1.0"),
+    ("grpo.num_generations=3", "grpo.num_generations: must divide"),
+    ("grpo.lerning_rate=1", "grpo.lerning_rate: unknown key"),
+    ("grpo.scale_rewards=std", "grpo.scale_rewards: must be one of group, batch, none"),
+    ("rewards=[]", "rewards: must list at least one"),
+    ("grpo.reward_weights=[1,2]", "grpo.reward_weights: set weights per function in rewards[i].weight"),
+])
+def test_mistakes_name_the_field(override, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_recipe(str(ROOT / "recipes/tiny-arith.yaml"), [override])
+
+
+def test_scale_rewards_accepts_trl_booleans():
+    assert load_recipe(str(ROOT / "recipes/tiny-arith.yaml"), ["grpo.scale_rewards=true"]).grpo.scale_rewards == "group"
+    assert load_recipe(str(ROOT / "recipes/tiny-arith.yaml"), ["grpo.scale_rewards=false"]).grpo.scale_rewards == "none"
+
+
+def test_config_uses_trl_option_names():
+    names = {f[0] for f in help_table(GRPOConfig)}
+    trl = {"learning_rate", "beta", "epsilon", "epsilon_high", "loss_type", "scale_rewards", "num_generations",
+           "num_iterations", "max_completion_length", "temperature", "top_p", "per_device_train_batch_size",
+           "gradient_accumulation_steps", "max_steps", "reward_weights", "mask_truncated_completions",
+           "log_completions", "seed", "save_steps", "logging_steps"}
+    assert trl <= names
+    assert all(row[3] for row in help_table(Recipe)), "every field has help text"
+
+
+def _hdc(*argv):
+    code = "import sys; from trainer.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_recipe_validate_and_show():
+    ok = _hdc("recipe", "validate", "recipes/deepscaler.yaml")
+    assert ok.returncode == 0, ok.stderr
+    bad = _hdc("recipe", "validate", "recipes/tiny-arith.yaml", "--set", "grpo.epsilon=2")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: grpo.epsilon: must be a number > 0 and < 1, got 2.0"
+    shown = yaml.safe_load(_hdc("recipe", "show", "recipes/tiny-arith.yaml").stdout)
+    assert shown["grpo"]["adam_beta2"] == 0.99  # a default, not written in the file
+    assert shown["rewards"][1] == {"func": "format", "weight": 0.5, "params": {}}
+    missing = _hdc("recipe", "show", "recipes/nope.yaml")
+    assert (missing.returncode, missing.stderr.strip()) == (2, "error: recipes/nope.yaml: no such file")
+
+
+def test_docs_config_table_is_generated_from_the_dataclasses():
+    from trainer.docs import DOC, render
+
+    text = DOC.read_text()
+    assert render(text) == text, "run: python -m trainer.docs --write"
+    assert "| `grpo.loss_type` | str | `'dapo'` |" in text

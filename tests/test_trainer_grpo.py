@@ -1,0 +1,144 @@
+"""The GRPO trainer end to end on a tiny local model: metrics, checkpoints, resume, CLI."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from trainer.config import DataConfig, GRPOConfig
+from trainer.data import load_jsonl
+from trainer.grpo import GRPOTrainer
+from trainer.logs import read_metrics
+from trainer.sync import GradientSync, LocalSync
+from trainer.testing import tiny_assets
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP_METRICS = ["rewards/accuracy/mean", "rewards/accuracy/std", "rewards/format/mean", "rewards/total/mean",
+                "advantages/mean", "kl", "clip_ratio/low", "clip_ratio/high", "entropy", "loss",
+                "completions/mean_length", "completions/max_length", "completions/truncated_fraction",
+                "time/generate_s", "time/score_s", "time/reference_s", "time/update_s", "time/sync_s",
+                "throughput/tokens_per_s", "learning_rate", "grad_norm"]
+
+
+def small_args(out: Path, **kw) -> GRPOConfig:
+    base = dict(output_dir=str(out), learning_rate=1e-4, num_generations=4, per_device_train_batch_size=8,
+                gradient_accumulation_steps=2, max_completion_length=24, max_steps=2, save_steps=1, seed=0,
+                loss_type="dr_grpo")
+    return GRPOConfig(**{**base, **kw})
+
+
+def make_trainer(out: Path, sync: GradientSync | None = None, **kw) -> GRPOTrainer:
+    assets = tiny_assets()
+    return GRPOTrainer(model=str(assets.sft_model), reward_funcs=["accuracy", "format"], args=small_args(out, **kw),
+                       train_dataset=load_jsonl(str(assets.data / "train.jsonl")), grad_sync=sync)
+
+
+def test_steps_write_every_metric_a_checkpoint_and_a_loadable_model(tmp_path):
+    result = make_trainer(tmp_path, log_completions=True).train(progress=False)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for name in STEP_METRICS:
+        assert name in rows[-1], name
+    assert result["rewards/total/mean"] == rows[-1]["rewards/total/mean"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"} <= \
+        {p.name for p in (tmp_path / "checkpoints" / "step-00000002").iterdir()}
+    assert list((tmp_path / "tb").iterdir()), "TensorBoard events written"
+    completions = [json.loads(line) for line in open(tmp_path / "completions.jsonl")]
+    assert {"step", "prompt", "completion", "reward", "advantage", "rewards/accuracy"} <= set(completions[0])
+    AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    make_trainer(tmp_path / "straight", max_steps=3).train(progress=False)
+    make_trainer(tmp_path / "resumed", max_steps=2).train(progress=False)
+    resumed = make_trainer(tmp_path / "resumed", max_steps=3)
+    resumed.train(resume_from_checkpoint=True, progress=False)
+    assert resumed.step == 3
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "same data, RNG and optimizer state after resume"
+    state = json.loads((tmp_path / "resumed" / "checkpoints" / "step-00000003" / "trainer_state.json").read_text())
+    assert state["data"] == {"epoch": 0, "index": 3 * 4}  # 4 prompts per step
+
+
+def test_reference_model_only_when_beta_is_nonzero(tmp_path):
+    assert make_trainer(tmp_path / "a", beta=0.0).ref_model is None
+    trainer = make_trainer(tmp_path / "b", beta=0.04, num_iterations=2, max_steps=1)
+    assert trainer.ref_model is not None
+    m = trainer.train_step()
+    assert m["kl"] >= 0.0
+    assert m["kl"] > 0.0 or m["grad_norm"] == 0.0  # the second iteration moved away from the reference
+
+
+class CountingSync(LocalSync):
+    """A sync that records the calls the trainer makes (the trainer must not care which sync it has)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def attach(self, model):
+        self.calls.append("attach")
+
+    def after_backward(self, model):
+        self.calls.append("after_backward")
+
+    def finish(self, step):
+        self.calls.append(f"finish {step}")
+
+
+def test_trainer_drives_the_sync_it_was_given(tmp_path):
+    sync = CountingSync()
+    trainer = make_trainer(tmp_path, sync=sync, num_iterations=2)
+    trainer.train_step()
+    assert isinstance(sync, GradientSync)
+    assert sync.calls == ["attach"] + (["after_backward"] * 2 + ["finish 0"]) * 2
+
+
+def test_bad_user_input_names_the_field(tmp_path):
+    from hdc.errors import UserError
+
+    assets = tiny_assets()
+    data = load_jsonl(str(assets.data / "train.jsonl"))
+    with pytest.raises(UserError, match="grpo.reward_weights: must have one weight per reward function"):
+        GRPOTrainer(str(assets.sft_model), ["accuracy"], small_args(tmp_path, reward_weights=[1.0, 2.0]), data)
+    with pytest.raises(UserError, match="data.prompt_column: no column 'question'"):
+        GRPOTrainer(str(assets.sft_model), ["accuracy"], small_args(tmp_path), data,
+                    data=DataConfig(train_file="x", prompt_column="question"))
+    with pytest.raises(UserError, match="data.train_file: no such file"):
+        load_jsonl(str(tmp_path / "missing.jsonl"))
+
+
+def test_hdc_train_from_a_recipe(tmp_path):
+    assets = tiny_assets()
+    sets = [f"model.name_or_path={assets.sft_model}", f"data.train_file={assets.data / 'train.jsonl'}",
+            f"data.eval_file={assets.data / 'heldout.jsonl'}", "data.eval_max_samples=20", "grpo.max_steps=1",
+            "grpo.per_device_train_batch_size=16", "grpo.gradient_accumulation_steps=1"]
+    code = "import sys; from trainer.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", code, "train", "recipes/tiny-arith.yaml", "--out", str(tmp_path), "--no-progress"]
+    for s in sets:
+        argv += ["--set", s]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "eval/exact_match_start=" in done.stdout
+    assert (tmp_path / "recipe.resolved.yaml").exists()
+    names = {k for row in read_metrics(tmp_path / "metrics.jsonl") for k in row}
+    assert {"eval/exact_match", "eval/format", "rewards/total/mean"} <= names
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo"])
+def test_every_loss_type_trains(tmp_path, loss_type):
+    m = make_trainer(tmp_path, loss_type=loss_type, max_steps=1).train_step()
+    assert m["grad_norm"] >= 0.0 and m["loss"] == m["loss"]
+
+
+def test_truncated_completions_can_be_left_out_of_the_loss(tmp_path):
+    # 2 new tokens: every completion is truncated, so with the mask on no token reaches the loss.
+    trainer = make_trainer(tmp_path, max_completion_length=2, mask_truncated_completions=True, scale_rewards="batch")
+    m = trainer.train_step()
+    assert m["completions/truncated_fraction"] == 1.0
+    assert m["grad_norm"] == 0.0

@@ -1,0 +1,80 @@
+"""Reward functions: TRL's contract f(prompts, completions, **columns) -> list[float | None]."""
+import math
+
+import pytest
+
+from hdc.errors import UserError
+from trainer.rewards import accuracy, bind_params, extract_answer, format, length, resolve_reward, score
+
+
+def test_accuracy_reads_answer_tags_and_boxed():
+    completions = ["<think>12+34</think><answer>46</answer>", "so it is \\boxed{46}", "<answer>47</answer>",
+                   "no answer here"]
+    assert accuracy(["12+34"] * 4, completions, answer=["46"] * 4) == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_accuracy_compares_mathematically_with_math_verify():
+    assert accuracy(["p"] * 2, ["\\boxed{\\frac{1}{2}}", "<answer>0.5</answer>"], answer=["1/2", "1/2"]) == [1.0, 1.0]
+
+
+def test_accuracy_is_none_where_there_is_no_reference_answer():
+    assert accuracy(["p", "q"], ["<answer>1</answer>", "<answer>1</answer>"], answer=["1", None]) == [1.0, None]
+
+
+def test_conversational_completions_use_the_first_message_content():
+    completion = [{"role": "assistant", "content": "<think>x</think><answer>3</answer>"}]
+    assert accuracy(["p"], [completion], answer=["3"]) == [1.0]
+    assert format(["p"], [completion]) == [1.0]
+
+
+def test_format_requires_think_then_answer():
+    completions = ["<think>a\nb</think><answer>1</answer>", "<answer>1</answer>", "<think>a</think><answer>1</answer>x"]
+    assert format(["p"] * 3, completions) == [1.0, 0.0, 0.0]
+
+
+def test_length_is_one_on_target_and_falls_off_linearly():
+    assert length(["p"] * 3, ["x" * 10, "x" * 5, "x" * 40], target_length=10) == [1.0, 0.5, -1.0]
+
+
+def test_extract_answer_balances_braces():
+    assert extract_answer("\\boxed{\\frac{1}{2}} and more") == "\\frac{1}{2}"
+    assert extract_answer("<answer>1</answer><answer>2</answer>") == "2"
+    assert extract_answer("nothing") is None
+
+
+def test_score_skips_none_in_the_weighted_sum():
+    def only_even_rows(prompts, completions, **kw):
+        return [1.0 if i % 2 == 0 else None for i in range(len(completions))]
+
+    def always_half(prompts, completions, **kw):
+        return [0.5] * len(completions)
+
+    per_func, totals = score([only_even_rows, always_half], [2.0, 1.0], ["p", "q"], ["a", "b"], {})
+    assert math.isnan(per_func[0][1])
+    assert totals == [2.0 * 1.0 + 0.5, 0.5]
+
+
+def test_dataset_columns_arrive_as_keywords():
+    seen = {}
+
+    def spy(prompts, completions, answer, level, **kw):
+        seen.update(answer=answer, level=level)
+        return [0.0] * len(completions)
+
+    score([spy], [1.0], ["p"], ["c"], {"answer": ["7"], "level": [3]})
+    assert seen == {"answer": ["7"], "level": [3]}
+
+
+def test_params_are_bound_and_the_log_name_kept():
+    bound = bind_params(length, {"target_length": 2})
+    assert bound.__name__ == "length"
+    assert bound(["p"], ["xx"]) == [1.0]
+
+
+def test_rewards_resolve_by_builtin_name_or_import_path():
+    assert resolve_reward("accuracy") is accuracy
+    assert resolve_reward("trainer.rewards:length") is length
+    with pytest.raises(UserError, match=r"rewards\[0\].func: cannot import module 'no_such_pkg.mod'"):
+        resolve_reward("no_such_pkg.mod:f", "rewards[0].func")
+    with pytest.raises(UserError, match="must be one of accuracy, format, length"):
+        resolve_reward("acurracy", "rewards[0].func")

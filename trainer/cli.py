@@ -1,0 +1,146 @@
+"""`hdc` subcommands of the trainer: train, recipe validate/show, make-tiny-model, make-arith-data, sft.
+
+Registered through the `hdc.commands` entry point; torch and transformers are imported
+inside the handlers so `hdc --help` stays fast. `python -m trainer.cli ...` runs these
+commands alone.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from hdc.errors import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="Train a causal LM with GRPO from a YAML recipe.",
+                              description="Train a causal LM with GRPO from a YAML recipe.")
+    p.add_argument("recipe", help="recipe YAML file (see recipes/)")
+    p.add_argument("--out", help="output directory (overrides grpo.output_dir)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set grpo.max_steps=10 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=cmd_train)
+
+    r = subparsers.add_parser("recipe", help="Validate or print a GRPO recipe.")
+    rsub = r.add_subparsers(dest="recipe_command", metavar="ACTION", parser_class=subparsers._parser_class)
+    rsub.required = True
+    for name, handler, text in (("validate", cmd_recipe_validate, "check a recipe; exit 0, or 2 naming the field"),
+                                ("show", cmd_recipe_show, "print the fully resolved recipe, defaults included")):
+        q = rsub.add_parser(name, help=text, description=text)
+        q.add_argument("recipe")
+        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        q.set_defaults(handler=handler)
+
+    t = subparsers.add_parser("make-tiny-model", help="Build a tiny Qwen2-style model + BPE tokenizer locally.")
+    t.add_argument("--out", required=True, help="directory to save_pretrained into")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="TinyModelConfig field, e.g. --set num_hidden_layers=2")
+    t.set_defaults(handler=cmd_make_tiny_model)
+
+    d = subparsers.add_parser("make-arith-data", help="Write the arithmetic task's train/heldout/sft JSONL files.")
+    d.add_argument("--out", required=True, help="directory for train.jsonl, heldout.jsonl, sft.jsonl")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="ArithDataConfig field, e.g. --set max_operand=49")
+    d.set_defaults(handler=cmd_make_arith_data)
+
+    s = subparsers.add_parser("sft", help="Supervised warm start on prompt/completion JSONL.")
+    s.add_argument("--model", required=True, help="model directory to start from")
+    s.add_argument("--data", required=True, help="JSONL with prompt and completion columns")
+    s.add_argument("--out", required=True, help="directory for the warm-started model")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="SFTConfig field, e.g. --set max_steps=300")
+    s.set_defaults(handler=cmd_sft)
+
+
+def _config(cls, overrides: list[str]):
+    from hdc.config import from_dict, set_dotted
+
+    data: dict = {}
+    for assignment in overrides:
+        set_dotted(data, assignment)
+    return from_dict(cls, data)
+
+
+def cmd_recipe_validate(args) -> int:
+    from trainer.config import load_recipe
+
+    load_recipe(args.recipe, args.overrides)
+    print(f"{args.recipe}: ok")
+    return 0
+
+
+def cmd_recipe_show(args) -> int:
+    from trainer.config import load_recipe, recipe_to_dict
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    sys.stdout.write(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from trainer.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from trainer.run import build_trainer, write_resolved
+
+    out = args.out or recipe.grpo.output_dir
+    write_resolved(recipe, out)
+    trainer = build_trainer(recipe, out)
+    result = trainer.train(resume_from_checkpoint=args.resume, progress=not args.no_progress)
+    keys = [k for k in ("eval/exact_match_start", "eval/exact_match_end", "eval/format_start", "eval/format_end",
+                        "rewards/total/mean", "time/step_s") if k in result]
+    print(" ".join(f"{k}={result[k]:.4g}" for k in keys))
+    print(f"final model: {out}/final")
+    return 0
+
+
+def cmd_make_tiny_model(args) -> int:
+    from trainer.tiny import TinyModelConfig, count_parameters, make_tiny_model
+
+    out = make_tiny_model(args.out, _config(TinyModelConfig, args.overrides))
+    from transformers import AutoModelForCausalLM
+
+    n = count_parameters(AutoModelForCausalLM.from_pretrained(out))
+    print(f"wrote {out} ({n / 1e6:.2f}M parameters)")
+    return 0
+
+
+def cmd_make_arith_data(args) -> int:
+    from trainer.arith import ArithDataConfig, make_arith_data
+
+    paths = make_arith_data(args.out, _config(ArithDataConfig, args.overrides))
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_sft(args) -> int:
+    from trainer.sft import SFTConfig, sft
+
+    result = sft(args.model, args.data, args.out, _config(SFTConfig, args.overrides))
+    print(f"wrote {args.out} (final loss {result['loss']:.4f}, {result['time_s']:.1f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """These commands without the rest of `hdc` (same exit statuses)."""
+    from hdc.cli import _Parser
+
+    parser = _Parser(prog="hdc")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    register(sub)
+    try:
+        args = parser.parse_args(argv)
+        return int(args.handler(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

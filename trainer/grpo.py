@@ -1,0 +1,286 @@
+"""GRPOTrainer: generate -> reward -> advantage -> loss -> sync -> update, one step in `train_step`.
+
+    trainer = GRPOTrainer(model="runs/tiny-sft", reward_funcs=["accuracy", "format"],
+                          args=GRPOConfig(...), train_dataset=load_jsonl("train.jsonl"))
+    trainer.train()
+
+The trainer does not know how gradients are shared between processes: it is handed a
+`GradientSync` (default `LocalSync`) and a `GenerationBackend` (default transformers).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from hdc.errors import UserError
+from trainer.algorithm import group_advantages, grpo_loss, token_entropy, token_logps
+from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.config import DataConfig, GRPOConfig
+from trainer.data import PromptSampler, evaluate_exact_match, format_prompt
+from trainer.generation import GenerationBackend, HFGenerationBackend, SamplingParams, encode_prompts
+from trainer.logs import MetricsLogger
+from trainer.rewards import resolve_reward, reward_name, score
+from trainer.sync import GradientSync, LocalSync
+
+
+class GRPOTrainer:
+    def __init__(self, model: str | torch.nn.Module, reward_funcs: Any, args: GRPOConfig, train_dataset: Any,
+                 eval_dataset: Any = None, processing_class: Any = None, data: DataConfig | None = None,
+                 grad_sync: GradientSync | None = None, generation_backend: GenerationBackend | None = None,
+                 dtype: str = "float32"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.args, self.data = args, data or DataConfig(train_file="")
+        self.grad_sync = grad_sync or LocalSync()
+        if args.torch_num_threads:
+            torch.set_num_threads(args.torch_num_threads)
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        torch_dtype = getattr(torch, dtype)
+        if isinstance(model, (str, Path)):
+            if not Path(model).is_dir():
+                raise UserError(f"model.name_or_path: no such directory {str(model)!r}")
+            self.model_path = str(model)
+            self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype)
+        else:
+            self.model_path, self.model = None, model
+        self.tokenizer = processing_class or AutoTokenizer.from_pretrained(self.model_path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # No reference model at all when beta == 0 (saves its memory and its forward pass).
+        self.ref_model = None
+        if args.beta != 0.0:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+
+        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        self.reward_funcs: list[Callable] = [resolve_reward(f, f"reward_funcs[{i}]") if isinstance(f, str) else f
+                                             for i, f in enumerate(funcs)]
+        self.reward_names = [reward_name(f) for f in self.reward_funcs]
+        self.reward_weights = list(args.reward_weights or [1.0] * len(self.reward_funcs))
+        if len(self.reward_weights) != len(self.reward_funcs):
+            raise UserError(f"grpo.reward_weights: must have one weight per reward function "
+                            f"({len(self.reward_funcs)}), got {len(self.reward_weights)}")
+
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        if self.data.prompt_column not in train_dataset.column_names:
+            raise UserError(f"data.prompt_column: no column {self.data.prompt_column!r} in the training data "
+                            f"(columns: {', '.join(train_dataset.column_names)})")
+        world = self.grad_sync.world_size
+        self.prompts_per_step = args.completions_per_step(world) // args.num_generations
+        self.prompts_per_process = self.prompts_per_step // world
+        self.sampler = PromptSampler(len(train_dataset), args.seed)
+        self.backend = generation_backend or HFGenerationBackend(self.model, self.tokenizer, args.max_prompt_length)
+        self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p)
+
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+                                           betas=(args.adam_beta1, args.adam_beta2))
+        from transformers import get_scheduler
+
+        updates = args.max_steps * args.num_iterations
+        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, num_training_steps=updates,
+                                       num_warmup_steps=math.ceil(args.warmup_ratio * updates))
+        self.grad_sync.attach(self.model)
+        self.step = 0
+        self.logger: MetricsLogger | None = None
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict[str, float]:
+        args, sync, G = self.args, self.grad_sync, self.args.num_generations
+        m: dict[str, float] = {}
+        step_start = time.perf_counter()
+
+        # 1. Prompts: this process's share of the step's prompts, each repeated G times below.
+        ids = self.sampler.next(self.prompts_per_step)
+        ids = ids[sync.rank * self.prompts_per_process:(sync.rank + 1) * self.prompts_per_process]
+        rows = [self.train_dataset[i] for i in ids]
+        prompts = [row[self.data.prompt_column] for row in rows]
+        prompt_texts = [format_prompt(self.tokenizer, p, self.data.system_prompt, self.data.use_chat_template)
+                        for p in prompts]
+
+        # 2. Generate G completions per prompt (adjacent), cut after EOS.
+        t = time.perf_counter()
+        gen = self.backend.generate(prompt_texts, G, self.sampling)
+        m["time/generate_s"] = time.perf_counter() - t
+
+        # 3. Rewards: every dataset column reaches the reward functions as a keyword argument.
+        t = time.perf_counter()
+        rep = lambda xs: [x for x in xs for _ in range(G)]  # noqa: E731
+        columns = {k: rep([row[k] for row in rows]) for k in rows[0] if k != self.data.prompt_column}
+        completions = gen.texts if isinstance(prompts[0], str) else [[{"role": "assistant", "content": c}]
+                                                                      for c in gen.texts]
+        per_func, totals = score(self.reward_funcs, self.reward_weights, rep(prompts), completions, columns)
+        m["time/score_s"] = time.perf_counter() - t
+
+        # 4. Group-relative advantages.
+        rewards = torch.tensor(totals, dtype=torch.float32)
+        advantages = group_advantages(rewards, G, args.scale_rewards)
+
+        # 5. Token tensors: left-padded prompts + right-padded completions; loss mask ends at EOS.
+        batch = self._batch(rep(prompt_texts), gen.completion_ids, gen.truncated)
+
+        # 6. Behaviour log-probs (only when a batch is reused) and reference log-probs (only when beta > 0).
+        t = time.perf_counter()
+        with torch.no_grad():
+            old_logps = self._logps(self.model, batch)[0] if args.num_iterations > 1 else None
+            ref_logps = self._logps(self.ref_model, batch)[0] if self.ref_model is not None else None
+        m["time/reference_s"] = time.perf_counter() - t
+
+        # 7. Policy updates: num_iterations x (gradient_accumulation_steps micro-batches, sync, step).
+        t, sync_s = time.perf_counter(), 0.0
+        n_micro, size = args.gradient_accumulation_steps, args.per_device_train_batch_size
+        local_tokens = float(batch["completion_mask"].sum())
+        global_tokens = sync.all_reduce_sum([local_tokens])[0]
+        sums = {"loss": 0.0, "kl": 0.0, "clip_ratio/low": 0.0, "clip_ratio/high": 0.0, "entropy": 0.0}
+        grad_norm = 0.0
+        self.model.train()
+        for _ in range(args.num_iterations):
+            for k in range(n_micro):
+                sl = slice(k * size, (k + 1) * size)
+                mb = {key: v[sl] for key, v in batch.items()}
+                logps, entropy = self._logps(self.model, mb, with_entropy=True)
+                loss, stats = grpo_loss(
+                    logps, old_logps[sl] if old_logps is not None else logps.detach(), advantages[sl],
+                    mb["completion_mask"], loss_type=args.loss_type, epsilon_low=args.epsilon_low,
+                    epsilon_high=args.epsilon_upper, beta=args.beta,
+                    ref_logps=ref_logps[sl] if ref_logps is not None else None,
+                    max_completion_length=args.max_completion_length, num_micro_batches=n_micro,
+                    num_items_in_batch=global_tokens / sync.world_size)
+                loss.backward()
+                s = time.perf_counter()
+                sync.after_backward(self.model)
+                sync_s += time.perf_counter() - s
+                w = stats.tokens / max(local_tokens, 1.0) / args.num_iterations  # token-weighted means
+                sums["loss"] += loss.item() / args.num_iterations
+                sums["kl"] += stats.kl * w
+                sums["clip_ratio/low"] += stats.clip_ratio_low * w
+                sums["clip_ratio/high"] += stats.clip_ratio_high * w
+                sums["entropy"] += float((entropy * mb["completion_mask"]).sum()) / max(local_tokens, 1.0) \
+                    / args.num_iterations
+            s = time.perf_counter()
+            sync.finish(self.step)
+            sync_s += time.perf_counter() - s
+            if args.max_grad_norm > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.backend.update_weights(self.model)
+        m["time/sync_s"] = sync_s
+        m["time/update_s"] = time.perf_counter() - t - sync_s
+
+        # 8. Metrics.
+        for name, values in zip(self.reward_names, per_func):
+            v = torch.tensor(values)
+            ok = v[~torch.isnan(v)]
+            m[f"rewards/{name}/mean"] = float(ok.mean()) if len(ok) else math.nan
+            m[f"rewards/{name}/std"] = float(ok.std()) if len(ok) > 1 else math.nan
+        m["rewards/total/mean"], m["rewards/total/std"] = float(rewards.mean()), float(rewards.std())
+        m["advantages/mean"], m["advantages/std"] = float(advantages.mean()), float(advantages.std())
+        m.update(sums)
+        lengths = torch.tensor([len(c) for c in gen.completion_ids], dtype=torch.float32)
+        m["completions/mean_length"] = float(lengths.mean())
+        m["completions/max_length"] = float(lengths.max())
+        m["completions/truncated_fraction"] = sum(gen.truncated) / len(gen.truncated)
+        m["learning_rate"] = self.scheduler.get_last_lr()[0]
+        m["grad_norm"] = grad_norm
+        m["time/step_s"] = time.perf_counter() - step_start
+        m["throughput/tokens_per_s"] = float(lengths.sum()) / m["time/step_s"]
+        if args.log_completions and self.logger is not None:
+            self.logger.log_completions(self.step + 1, [
+                {"prompt": prompts[i // G], "completion": gen.texts[i], "reward": totals[i],
+                 "advantage": float(advantages[i]),
+                 **{f"rewards/{n}": per_func[j][i] for j, n in enumerate(self.reward_names)}}
+                for i in range(min(args.num_completions_to_print, len(gen.texts)))])
+        return m
+
+    # ------------------------------------------------------------------ helpers
+    def _batch(self, prompt_texts: list[str], completion_ids: list[list[int]], truncated: list[bool]) -> dict:
+        enc = encode_prompts(self.tokenizer, prompt_texts, self.args.max_prompt_length)
+        width = max(1, max(len(c) for c in completion_ids))
+        pad = self.tokenizer.pad_token_id
+        comp = torch.full((len(completion_ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(completion_ids), width), dtype=torch.long)
+        for i, c in enumerate(completion_ids):
+            comp[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+            mask[i, :len(c)] = 1
+        attention = torch.cat([enc["attention_mask"], mask], dim=1)
+        if self.args.mask_truncated_completions:
+            mask = mask * (~torch.tensor(truncated)).long().unsqueeze(1)
+        return {"input_ids": torch.cat([enc["input_ids"], comp], dim=1), "attention_mask": attention,
+                "completion_ids": comp, "completion_mask": mask}
+
+    def _logps(self, model, batch: dict, with_entropy: bool = False):
+        """Per-token log-probs of the completion tokens (and their entropies) under `model`."""
+        n = batch["completion_ids"].shape[1]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       logits_to_keep=n + 1, use_cache=False).logits[:, :-1]
+        logps = token_logps(logits, batch["completion_ids"], self.args.temperature)
+        return logps, (token_entropy(logits, self.args.temperature) if with_entropy else None)
+
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_dataset is None:
+            return {}
+        rows = [self.eval_dataset[i] for i in range(min(len(self.eval_dataset), self.data.eval_max_samples))]
+        return evaluate_exact_match(self.model, self.tokenizer, rows, max_new_tokens=self.args.max_completion_length,
+                                    prompt_column=self.data.prompt_column, answer_column=self.data.answer_column,
+                                    system_prompt=self.data.system_prompt,
+                                    use_chat_template=self.data.use_chat_template)
+
+    def save(self, out_dir: Path) -> Path:
+        return save_checkpoint(out_dir, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler,
+                               self.sampler.state_dict(), keep=self.args.save_total_limit)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume_from_checkpoint: bool | str = False, progress: bool = True) -> dict[str, float]:
+        """Run max_steps steps; returns the last logged metrics (with eval/* before and after)."""
+        from tqdm import tqdm
+
+        args, out = self.args, Path(self.args.output_dir)
+        if resume_from_checkpoint:
+            path = latest_checkpoint(out) if resume_from_checkpoint is True else Path(resume_from_checkpoint)
+            if path is None:
+                raise UserError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+            state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+            self.step = state["step"]
+            self.sampler.load_state_dict(state["data"])
+        is_main = self.grad_sync.rank == 0
+        self.logger = MetricsLogger(out) if is_main else None
+        summary: dict[str, float] = {}
+        if self.step == 0 and self.eval_dataset is not None:
+            summary.update({f"{k}_start": v for k, v in self.evaluate().items()})
+            self._log(0, {k[:-len("_start")]: v for k, v in summary.items()})
+        bar = tqdm(total=args.max_steps, initial=self.step, disable=not (progress and is_main), unit="step",
+                   dynamic_ncols=True)
+        last: dict[str, float] = {}
+        while self.step < args.max_steps:
+            metrics = self.train_step()
+            self.step += 1
+            last = metrics
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['rewards/total/mean']:.3f}", s_per_step=f"{metrics['time/step_s']:.2f}")
+            if args.eval_steps and self.step % args.eval_steps == 0 and self.step < args.max_steps:
+                metrics.update(self.evaluate())
+            if self.step % args.logging_steps == 0 or self.step == args.max_steps:
+                self._log(self.step, metrics)
+            if is_main and (self.step % args.save_steps == 0 or self.step == args.max_steps):
+                self.save(out)
+        bar.close()
+        if self.eval_dataset is not None:
+            final = self.evaluate()
+            self._log(self.step, final)
+            summary.update({f"{k}_end": v for k, v in final.items()})
+        if is_main:
+            self.model.save_pretrained(out / "final", safe_serialization=True)
+            self.tokenizer.save_pretrained(out / "final")
+            self.logger.close()
+        return {**last, **summary}
+
+    def _log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.logger is not None:
+            self.logger.log(step, metrics)
