@@ -90,13 +90,18 @@ class CountingSync(LocalSync):
     def finish(self, step):
         self.calls.append(f"finish {step}")
 
+    def after_optimizer_step(self, model, optimizer, step):
+        self.calls.append(f"after_optimizer_step {step}")
+
 
 def test_trainer_drives_the_sync_it_was_given(tmp_path):
     sync = CountingSync()
     trainer = make_trainer(tmp_path, sync=sync, num_iterations=2)
     trainer.train_step()
     assert isinstance(sync, GradientSync)
-    assert sync.calls == ["attach"] + (["after_backward"] * 2 + ["finish 0"]) * 2
+    # finish / after_optimizer_step count optimizer updates (num_iterations per step), not steps
+    assert sync.calls == ["attach"] + ["after_backward"] * 2 + ["finish 0", "after_optimizer_step 0"] \
+        + ["after_backward"] * 2 + ["finish 1", "after_optimizer_step 1"]
 
 
 def test_bad_user_input_names_the_field(tmp_path):

@@ -12,19 +12,21 @@ import torch
 ADVANTAGE_EPS = 1e-4  # (r - mean) / (std + 1e-4), as in the DeepSeekMath GRPO paper and TRL
 
 
-def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group") -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group",
+                     batch_std: float | None = None) -> torch.Tensor:
     """Advantage of each completion relative to the other completions of its prompt.
 
     rewards: (prompts * num_generations,), the completions of one prompt adjacent.
     A = r - mean_group, divided by (std + 1e-4) where std is the group's ("group"), the whole
     batch's ("batch"), or not divided ("none"). std is the unbiased sample std, as in TRL.
+    `batch_std` gives the whole step's std when the batch is split over processes.
     """
     grouped = rewards.view(-1, num_generations)
     centred = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
     if scale_rewards == "group":
         std = grouped.std(dim=1).repeat_interleave(num_generations)
     elif scale_rewards == "batch":
-        std = rewards.std().expand_as(rewards)
+        std = (rewards.std() if batch_std is None else torch.tensor(batch_std)).expand_as(rewards)
     elif scale_rewards == "none":
         return centred
     else:
@@ -59,14 +61,16 @@ class LossStats:
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
               loss_type: str, epsilon_low: float, epsilon_high: float, beta: float = 0.0,
               ref_logps: torch.Tensor | None = None, max_completion_length: int | None = None,
-              num_micro_batches: int = 1, num_items_in_batch: float | None = None
-              ) -> tuple[torch.Tensor, LossStats]:
+              num_micro_batches: int = 1, num_items_in_batch: float | None = None,
+              is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, LossStats]:
     """The clipped GRPO objective for one micro-batch, aggregated as `loss_type` says.
 
     logps, old_logps, ref_logps, mask: (B, T) over completion tokens; advantages: (B,).
     ratio = exp(logps - old_logps) against the behaviour policy (old_logps = logps.detach()
     when each batch is used once), clipped to [1 - epsilon_low, 1 + epsilon_high].
     KL to the reference: k3 = exp(ref - logp) - (ref - logp) - 1, times beta.
+    is_weights (B, T), when rollouts come from another engine: the policy term is multiplied
+    by min(p_trainer / p_sampler, cap) per token (TIS), before the KL term is added.
 
     The return value is this micro-batch's share of the step loss, so that summing the
     gradients of all micro-batches gives the gradient of the step loss:
@@ -82,6 +86,8 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Te
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
     adv = advantages.unsqueeze(1)
     per_token = -torch.min(ratio * adv, clipped * adv)
+    if is_weights is not None:  # truncated importance sampling: sampler (vLLM) vs trainer log-probs
+        per_token = per_token * is_weights
     kl = None
     if beta != 0.0:
         delta = ref_logps - logps

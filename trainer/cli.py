@@ -23,6 +23,13 @@ def register(subparsers) -> None:
                    help="override a recipe field, e.g. --set grpo.max_steps=10 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="data-parallel processes on this machine (default: the topology's GPU count, or 1)")
+    p.add_argument("--topology", default=None, metavar="PATH|PRESET",
+                   help="lay the processes out on this topology (sets distributed.topology)")
+    p.add_argument("--strategy", default=None,
+                   help="gradient-sync strategy: flat_ring, hierarchical, chunked, distributed_optimizer, "
+                        "local_sgd (sets distributed.strategy)")
     p.set_defaults(handler=cmd_train)
 
     r = subparsers.add_parser("recipe", help="Validate or print a GRPO recipe.")
@@ -82,20 +89,66 @@ def cmd_recipe_show(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import os
+
     from trainer.config import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    from trainer.run import build_trainer, write_resolved
-
+    overrides = list(args.overrides)
+    if args.topology is not None:
+        overrides.append(f"distributed.topology={args.topology}")
+    if args.strategy is not None:
+        overrides.append(f"distributed.strategy={args.strategy}")
+    recipe = load_recipe(args.recipe, overrides)
     out = args.out or recipe.grpo.output_dir
-    write_resolved(recipe, out)
-    trainer = build_trainer(recipe, out)
+    if "WORLD_SIZE" not in os.environ and (args.nproc or recipe.distributed.topology):
+        return _launch_local_training(args, recipe, overrides, out)
+    from trainer.run import build_grad_sync, build_trainer, write_resolved
+
+    sync = build_grad_sync(recipe)
+    if sync.rank == 0:
+        write_resolved(recipe, out)
+    trainer = build_trainer(recipe, out, grad_sync=sync)
     result = trainer.train(resume_from_checkpoint=args.resume, progress=not args.no_progress)
     keys = [k for k in ("eval/exact_match_start", "eval/exact_match_end", "eval/format_start", "eval/format_end",
                         "rewards/total/mean", "time/step_s") if k in result]
-    print(" ".join(f"{k}={result[k]:.4g}" for k in keys))
-    print(f"final model: {out}/final")
+    if sync.rank == 0:
+        print(" ".join(f"{k}={result[k]:.4g}" for k in keys))
+        print(f"final model: {out}/final")
     return 0
+
+
+def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
+    """`hdc train --nproc N [--topology T]`: start every rank on this machine through `hdc launch --local`."""
+    import os
+
+    from hdc.topology import load_topology
+    from trainer.dist.launch import launch_local
+
+    topo_arg = recipe.distributed.topology
+    if topo_arg is None:
+        if args.nproc < 1:
+            raise UserError(f"--nproc: must be >= 1, got {args.nproc}")
+        os.makedirs(out, exist_ok=True)
+        topo_arg = os.path.join(out, "topology.yaml")
+        with open(topo_arg, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(local_topology(args.nproc), fh)
+    n = load_topology(topo_arg).num_gpus
+    if args.nproc is not None and args.nproc != n:
+        raise UserError(f"--nproc: the topology {topo_arg} has {n} GPUs, one process each; got --nproc {args.nproc}")
+    cmd = [sys.executable, "-m", "hdc.cli", "train", args.recipe, "--out", out, "--no-progress",
+           *[x for o in overrides if not o.startswith("distributed.topology=") for x in ("--set", o)],
+           "--set", f"distributed.topology={topo_arg}"] + (["--resume"] if args.resume else [])
+    return launch_local(topo_arg, cmd, timeout_s=recipe.distributed.timeout_s,
+                        backend=None if recipe.distributed.backend == "auto" else recipe.distributed.backend)
+
+
+def local_topology(n: int) -> dict:
+    """One site of n CPU ranks on this machine (what `--nproc N` means without a topology)."""
+    tier = {"latency": "20us", "bandwidth": "2GB/s"}
+    return {"name": f"local-{n}", "description": f"{n} local processes, loopback",
+            "gpu": {"name": "cpu-rank", "peak_flops": "50GFLOPS", "memory": "4GB"},
+            "sites": [{"name": "local", "nodes": 1, "gpus_per_node": n, "intra_node": tier, "intra_pod": tier}],
+            "assumptions": ["ASSUMPTION: CPU processes on one machine over loopback"]}
 
 
 def cmd_make_tiny_model(args) -> int:

@@ -1,12 +1,14 @@
 """GRPO configuration: `GRPOConfig` with TRL's option names, and the YAML `Recipe` around it.
 
-A recipe has four sections; the YAML keys, these field names and the log names are the
+A recipe has these sections; the YAML keys, these field names and the log names are the
 same words:
 
-    model:   what to train (a local path loadable with `from_pretrained`)
-    data:    JSONL files and which column holds the prompt
-    rewards: reward functions, each with a weight (and optional keyword parameters)
-    grpo:    the algorithm and optimisation knobs, named as in TRL's GRPOConfig
+    model:       what to train (a local path loadable with `from_pretrained`)
+    data:        JSONL files and which column holds the prompt
+    rewards:     reward functions, each with a weight (and optional keyword parameters)
+    grpo:        the algorithm and optimisation knobs, named as in TRL's GRPOConfig
+    generation:  hf or vllm rollouts;  vllm: the engine's settings (TRL's vllm_* options)
+    distributed: the topology and gradient-sync strategy of a data-parallel run
 
 One *step* is one generation round: `generation_batch_size` completions (prompts x
 `num_generations`) are sampled and scored, then the policy is updated `num_iterations`
@@ -22,6 +24,7 @@ from hdc.config import fail, from_dict, load_yaml, meta, set_dotted, to_dict
 from hdc.errors import UserError
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+TIS_LEVELS = ("token", "sequence", "none")
 SCALE_REWARDS = ("group", "batch", "none")
 
 
@@ -94,6 +97,10 @@ class GRPOConfig:
     log_completions: bool = meta("Write sampled prompt/completion/reward rows to completions.jsonl.",
                                  default=False)
     num_completions_to_print: int = meta("Rows per logged step when log_completions is on.", default=4, ge=1)
+    deterministic_rollouts: bool = meta(
+        "Sample each prompt's group with its own seed (from seed, step and the prompt's index in the step), so "
+        "rollouts do not depend on batching or on the number of processes: data-parallel runs then match a "
+        "single-process run. Slower with the hf backend (one generate call per prompt).", default=False)
     torch_num_threads: int | None = meta("torch.set_num_threads for CPU runs (None = torch's default).",
                                          default=None, ge=1)
 
@@ -125,6 +132,65 @@ class GRPOConfig:
                 f"x processes = {self.per_device_train_batch_size} x {self.gradient_accumulation_steps} x "
                 f"{world_size} = {local} here, got {self.generation_batch_size}")
         return local
+
+
+@dataclass
+class VLLMConfig:
+    """The recipe's `vllm:` section (used when `generation.backend: vllm`). TRL names in brackets."""
+
+    mode: str = meta("colocate: an engine inside the trainer process; server: a separate `hdc vllm-serve` "
+                     "process the trainer talks to over HTTP [vllm_mode].", default="colocate",
+                     choices=("colocate", "server"))
+    gpu_memory_utilization: float = meta("Fraction of GPU memory vLLM may take (GPU only; colocate shares the "
+                                         "GPU with training, so keep it low) [vllm_gpu_memory_utilization].",
+                                         default=0.3, gt=0, le=1)
+    tensor_parallel_size: int = meta("GPUs one engine is sharded over [vllm_tensor_parallel_size].",
+                                     default=1, ge=1)
+    kv_cache_space_gib: float = meta("CPU only: KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE).",
+                                     default=1.0, gt=0)
+    enforce_eager: bool = meta("No CUDA graphs / torch.compile: slower, starts faster, exact comparisons.",
+                               default=True)
+    dtype: str = meta("Engine dtype (auto = the checkpoint's). float32 matches a float32 trainer best.",
+                      default="float32", choices=("auto", "float32", "bfloat16", "float16"))
+    enable_sleep_mode: bool = meta("Colocate: free vLLM's GPU memory between generation and the weight "
+                                   "update (skipped, logged once, where vLLM cannot sleep, e.g. on CPU) "
+                                   "[vllm_enable_sleep_mode].", default=True)
+    server_host: str = meta("Server mode: host of `hdc vllm-serve` [vllm_server_host].", default="127.0.0.1")
+    server_port: int = meta("Server mode: port of `hdc vllm-serve` [vllm_server_port].", default=8000,
+                            ge=1, le=65535)
+    server_timeout_s: float = meta("Server mode: seconds to wait for the server to answer (health check at "
+                                   "start, each generate and each weight push) [vllm_server_timeout].",
+                                   default=240.0, gt=0)
+    tis_level: str = meta("Truncated importance sampling against the trainer/vLLM log-prob mismatch: per "
+                          "token, per sequence (product over its tokens), or none.", default="token",
+                          choices=TIS_LEVELS)
+    tis_cap: float = meta("TIS truncation: weights are min(ratio, tis_cap) (Yao et al. 2025 use 2).",
+                          default=2.0, gt=0)
+
+
+@dataclass
+class GenerationConfig:
+    backend: str = meta("Rollouts: hf (generate with the training model) or vllm (see the vllm section) "
+                        "[use_vllm].", default="hf", choices=("hf", "vllm"))
+
+
+@dataclass
+class DistributedConfig:
+    """Data-parallel training over processes laid out on a topology (`hdc train --nproc/--topology`)."""
+
+    topology: str | None = meta("Topology file or preset whose GPUs the processes stand for (None: one site of "
+                                "--nproc ranks).", default=None)
+    strategy: str = meta("Gradient-sync strategy (the simulator's names).", default="flat_ring",
+                         choices=("flat_ring", "hierarchical", "chunked", "distributed_optimizer", "local_sgd"))
+    chunks: int = meta("chunked: chunks per gradient bucket.", default=4, ge=1)
+    inner: str = meta("chunked / local_sgd: the wrapped strategy.", default="hierarchical",
+                      choices=("flat_ring", "hierarchical", "distributed_optimizer"))
+    every: int = meta("local_sgd: steps between cross-site parameter averages.", default=10, ge=1)
+    bucket_size_mb: float = meta("Gradient bucket size in MB (DDP's bucket_cap_mb).", default=25.0, gt=0)
+    timeout_s: float = meta("Every collective fails with a message naming its group and sites after this long.",
+                            default=300.0, gt=0)
+    backend: str = meta("torch.distributed backend (auto: nccl with GPUs, else gloo).", default="auto",
+                        choices=("auto", "gloo", "nccl"))
 
 
 @dataclass
@@ -164,6 +230,10 @@ class Recipe:
     data: DataConfig = meta("Training and held-out data.")
     rewards: list[RewardSpec] = meta("Reward functions and their weights.")
     grpo: GRPOConfig = meta("GRPO and optimisation settings (TRL names).", default_factory=GRPOConfig)
+    generation: GenerationConfig = meta("How rollouts are generated.", default_factory=GenerationConfig)
+    vllm: VLLMConfig = meta("vLLM settings (used when generation.backend is vllm).", default_factory=VLLMConfig)
+    distributed: DistributedConfig = meta("Data-parallel layout and gradient sync (used with several processes).",
+                                          default_factory=DistributedConfig)
 
     def validate(self, path: str = "") -> None:
         if not self.rewards:
@@ -192,5 +262,6 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     return to_dict(recipe)
 
 
-__all__ = ["GRPOConfig", "Recipe", "ModelConfig", "DataConfig", "RewardSpec", "load_recipe",
+__all__ = ["GRPOConfig", "Recipe", "ModelConfig", "DataConfig", "RewardSpec", "GenerationConfig", "VLLMConfig",
+           "DistributedConfig", "load_recipe",
            "recipe_to_dict", "LOSS_TYPES", "SCALE_REWARDS"]

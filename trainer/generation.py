@@ -7,7 +7,7 @@ is called after every optimizer update; a backend that holds its own copy of the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -18,6 +18,7 @@ class SamplingParams:
     max_new_tokens: int
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
+    seeds: tuple[int, ...] | None = None  # one per prompt: sample each prompt's group from its own seed
 
 
 @dataclass
@@ -64,6 +65,15 @@ class HFGenerationBackend:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> Generation:
+        if params.seeds is not None:  # per-prompt seeded groups: independent of batching and process count
+            parts = []
+            for prompt, seed in zip(prompts, params.seeds):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    parts.append(self.generate([prompt], n, replace(params, seeds=None)))
+            return Generation(completion_ids=[c for g in parts for c in g.completion_ids],
+                              texts=[t for g in parts for t in g.texts],
+                              truncated=[t for g in parts for t in g.truncated])
         from transformers import GenerationConfig
 
         enc = encode_prompts(self.tokenizer, prompts, self.max_prompt_length)

@@ -10,6 +10,7 @@ The trainer does not know how gradients are shared between processes: it is hand
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -78,14 +79,19 @@ class GRPOTrainer:
         self.backend = generation_backend or HFGenerationBackend(self.model, self.tokenizer, args.max_prompt_length)
         self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p)
 
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
-                                           betas=(args.adam_beta1, args.adam_beta2))
+        # attach first: the distributed optimizer shards the parameters it sees there
+        self.grad_sync.attach(self.model)
+        self.optimizer = self.grad_sync.make_optimizer(
+            torch.optim.AdamW, self.model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+            betas=(args.adam_beta1, args.adam_beta2))
         from transformers import get_scheduler
 
         updates = args.max_steps * args.num_iterations
-        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, num_training_steps=updates,
+        self.scheduler = get_scheduler(args.lr_scheduler_type, getattr(self.optimizer, "inner", self.optimizer),
+                                       num_training_steps=updates,
                                        num_warmup_steps=math.ceil(args.warmup_ratio * updates))
-        self.grad_sync.attach(self.model)
+        self.tis_level, self.tis_cap = "none", 2.0  # set by run.build_trainer for the vllm backend
+        self.updates = 0  # optimizer updates so far (num_iterations per step)
         self.step = 0
         self.logger: MetricsLogger | None = None
 
@@ -105,7 +111,12 @@ class GRPOTrainer:
 
         # 2. Generate G completions per prompt (adjacent), cut after EOS.
         t = time.perf_counter()
-        gen = self.backend.generate(prompt_texts, G, self.sampling)
+        sampling = self.sampling
+        if args.deterministic_rollouts:  # a seed per prompt of the step: the same on any number of processes
+            first = sync.rank * self.prompts_per_process
+            sampling = dataclasses.replace(sampling, seeds=tuple(
+                (args.seed * 1_000_003 + self.step * 10_007 + first + i) % 2**31 for i in range(len(prompts))))
+        gen = self.backend.generate(prompt_texts, G, sampling)
         m["time/generate_s"] = time.perf_counter() - t
 
         # 3. Rewards: every dataset column reaches the reward functions as a keyword argument.
@@ -117,12 +128,21 @@ class GRPOTrainer:
         per_func, totals = score(self.reward_funcs, self.reward_weights, rep(prompts), completions, columns)
         m["time/score_s"] = time.perf_counter() - t
 
-        # 4. Group-relative advantages.
+        # 4. Group-relative advantages (a group never spans processes; 'batch' scaling uses the whole step).
         rewards = torch.tensor(totals, dtype=torch.float32)
-        advantages = group_advantages(rewards, G, args.scale_rewards)
+        batch_std = None
+        if args.scale_rewards == "batch" and sync.world_size > 1:
+            n, s1, s2 = sync.all_reduce_sum([float(len(totals)), float(rewards.sum()), float((rewards ** 2).sum())])
+            batch_std = math.sqrt(max(s2 - s1 * s1 / n, 0.0) / max(n - 1, 1))
+        advantages = group_advantages(rewards, G, args.scale_rewards, batch_std)
 
         # 5. Token tensors: left-padded prompts + right-padded completions; loss mask ends at EOS.
         batch = self._batch(rep(prompt_texts), gen.completion_ids, gen.truncated)
+        use_tis = self.tis_level != "none" and getattr(gen, "logprobs", None) is not None
+        if use_tis:  # the sampler's own log-probs, for truncated importance sampling
+            from trainer.vllm_backend import pad_logprobs, tis_metrics, tis_weights
+
+            batch["sampler_logps"] = pad_logprobs(gen.logprobs, batch["completion_ids"].shape[1])
 
         # 6. Behaviour log-probs (only when a batch is reused) and reference log-probs (only when beta > 0).
         t = time.perf_counter()
@@ -144,13 +164,21 @@ class GRPOTrainer:
                 sl = slice(k * size, (k + 1) * size)
                 mb = {key: v[sl] for key, v in batch.items()}
                 logps, entropy = self._logps(self.model, mb, with_entropy=True)
+                behaviour = old_logps[sl] if old_logps is not None else logps.detach()
+                is_w = None
+                if use_tis:
+                    is_w = tis_weights(behaviour, mb["sampler_logps"], mb["completion_mask"], self.tis_cap,
+                                       self.tis_level)
+                    for key, v in tis_metrics(behaviour, mb["sampler_logps"], mb["completion_mask"], self.tis_cap,
+                                              self.tis_level).items():
+                        sums[key] = sums.get(key, 0.0) + v / (n_micro * args.num_iterations)
                 loss, stats = grpo_loss(
-                    logps, old_logps[sl] if old_logps is not None else logps.detach(), advantages[sl],
+                    logps, behaviour, advantages[sl],
                     mb["completion_mask"], loss_type=args.loss_type, epsilon_low=args.epsilon_low,
                     epsilon_high=args.epsilon_upper, beta=args.beta,
                     ref_logps=ref_logps[sl] if ref_logps is not None else None,
                     max_completion_length=args.max_completion_length, num_micro_batches=n_micro,
-                    num_items_in_batch=global_tokens / sync.world_size)
+                    num_items_in_batch=global_tokens / sync.world_size, is_weights=is_w)
                 loss.backward()
                 s = time.perf_counter()
                 sync.after_backward(self.model)
@@ -163,16 +191,24 @@ class GRPOTrainer:
                 sums["entropy"] += float((entropy * mb["completion_mask"]).sum()) / max(local_tokens, 1.0) \
                     / args.num_iterations
             s = time.perf_counter()
-            sync.finish(self.step)
+            sync.finish(self.updates)
             sync_s += time.perf_counter() - s
             if args.max_grad_norm > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm))
+                clip = getattr(self.optimizer, "clip_grad_norm_", None)  # a sharded optimizer sees only its shard
+                grad_norm = float(clip(args.max_grad_norm) if clip else
+                                  torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm))
             self.optimizer.step()
+            s = time.perf_counter()
+            sync.after_optimizer_step(self.model, self.optimizer, self.updates)
+            sync_s += time.perf_counter() - s
+            self.updates += 1
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        self.backend.update_weights(self.model)
         m["time/sync_s"] = sync_s
         m["time/update_s"] = time.perf_counter() - t - sync_s
+        s = time.perf_counter()
+        self.backend.update_weights(self.model)  # after the all-gather: vLLM gets the full new weights
+        m["time/weight_sync_s"] = time.perf_counter() - s
 
         # 8. Metrics.
         for name, values in zip(self.reward_names, per_func):
@@ -191,6 +227,8 @@ class GRPOTrainer:
         m["grad_norm"] = grad_norm
         m["time/step_s"] = time.perf_counter() - step_start
         m["throughput/tokens_per_s"] = float(lengths.sum()) / m["time/step_s"]
+        if sync.world_size > 1:
+            m = self._reduce_metrics(m)
         if args.log_completions and self.logger is not None:
             self.logger.log_completions(self.step + 1, [
                 {"prompt": prompts[i // G], "completion": gen.texts[i], "reward": totals[i],
@@ -200,6 +238,29 @@ class GRPOTrainer:
         return m
 
     # ------------------------------------------------------------------ helpers
+    def _reduce_metrics(self, m: dict[str, float]) -> dict[str, float]:
+        """Metrics of the whole step: means over processes (NaN-aware), maxima for times and
+        maximum lengths, sums for throughput."""
+        keys = sorted(m)
+        vals = [0.0 if math.isnan(m[k]) else m[k] for k in keys]
+        valid = [0.0 if math.isnan(m[k]) else 1.0 for k in keys]
+        tot = self.grad_sync.all_reduce_sum(vals + valid)
+        out = {}
+        for i, k in enumerate(keys):
+            n = tot[len(keys) + i]
+            out[k] = tot[i] / n if n else math.nan
+        # maxima cannot come from a sum: every rank fills its own row of a zero matrix, summed once
+        world, rank = self.grad_sync.world_size, self.grad_sync.rank
+        maxed = [k for k in keys if k.startswith("time/") or k.endswith("max_length")]
+        rows = [0.0] * (world * len(maxed))
+        rows[rank * len(maxed):(rank + 1) * len(maxed)] = [m[k] for k in maxed]
+        table = self.grad_sync.all_reduce_sum(rows)
+        for j, k in enumerate(maxed):
+            out[k] = max(table[r * len(maxed) + j] for r in range(world))
+        if "throughput/tokens_per_s" in out:
+            out["throughput/tokens_per_s"] *= world
+        return out
+
     def _batch(self, prompt_texts: list[str], completion_ids: list[list[int]], truncated: list[bool]) -> dict:
         enc = encode_prompts(self.tokenizer, prompt_texts, self.args.max_prompt_length)
         width = max(1, max(len(c) for c in completion_ids))
@@ -248,7 +309,9 @@ class GRPOTrainer:
                 raise UserError(f"--resume: no checkpoint under {out / 'checkpoints'}")
             state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
             self.step = state["step"]
+            self.updates = self.step * args.num_iterations
             self.sampler.load_state_dict(state["data"])
+            self.backend.update_weights(self.model)  # a separate engine must not keep the start weights
         is_main = self.grad_sync.rank == 0
         self.logger = MetricsLogger(out) if is_main else None
         summary: dict[str, float] = {}

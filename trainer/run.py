@@ -7,6 +7,25 @@ from pathlib import Path
 from trainer.config import Recipe
 
 
+def build_grad_sync(recipe: Recipe):
+    """The GradientSync for this process: LocalSync alone, DistGradientSync when `hdc launch`
+    (or `hdc train --nproc`) started it in a torch.distributed world."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        from trainer.sync import LocalSync
+
+        return LocalSync()
+    from hdc.strategies import make_strategy
+    from trainer.dist.grad_sync import DistGradientSync
+
+    d = recipe.distributed
+    strategy = make_strategy(d.strategy, chunks=d.chunks, inner=d.inner, every=d.every)
+    return DistGradientSync.from_env(strategy, micro_batches=recipe.grpo.gradient_accumulation_steps,
+                                     bucket_cap_bytes=int(d.bucket_size_mb * 1e6), timeout_s=d.timeout_s,
+                                     backend=None if d.backend == "auto" else d.backend)
+
+
 def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, generation_backend=None):
     from trainer.data import load_jsonl
     from trainer.grpo import GRPOTrainer
@@ -20,6 +39,12 @@ def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, ge
     trainer = GRPOTrainer(model=recipe.model.name_or_path, reward_funcs=funcs, args=args, train_dataset=train,
                           eval_dataset=evaluation, data=recipe.data, grad_sync=grad_sync,
                           generation_backend=generation_backend, dtype=recipe.model.dtype)
+    if generation_backend is None and recipe.generation.backend == "vllm":
+        from trainer.vllm_backend import make_generation_backend
+
+        trainer.backend = make_generation_backend(recipe.vllm, recipe.model.name_or_path, trainer.tokenizer,
+                                                  args.max_prompt_length, seed=args.seed, model=trainer.model)
+        trainer.tis_level, trainer.tis_cap = recipe.vllm.tis_level, recipe.vllm.tis_cap
     return trainer
 
 

@@ -3,13 +3,14 @@
 The trainer is handed a `GradientSync` and calls it at fixed points of the step; it never
 asks which one it got (torchtitan style). `LocalSync` is the single-process one and does
 nothing. A torch.distributed implementation (driven by an hdc strategy's plan) provides
-the same five members.
+the same members.
 
 Call order in one step:
     attach(model)                  once, before training
     all_reduce_sum([...])          step-wide counts (tokens for the dapo loss, metrics)
     after_backward(model)          after each micro-batch's backward (may start bucketed reduces)
     finish(step)                   before optimizer.step(): gradients are final when it returns
+    after_optimizer_step(...)      after optimizer.step() (parameter all-gather, local SGD average)
 """
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ class GradientSync(Protocol):
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         """Sum of `values` over all processes (same length everywhere)."""
 
+    def after_optimizer_step(self, model: torch.nn.Module, optimizer, step: int) -> None:
+        """After optimizer.step(): all-gather sharded parameters, or local SGD's periodic average."""
+
+    def make_optimizer(self, optimizer_cls, params, **kwargs):
+        """The optimizer to train with (sharded across processes for the distributed optimizer)."""
+
 
 class LocalSync:
     """One process: there is nothing to synchronise."""
@@ -53,3 +60,9 @@ class LocalSync:
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         return list(values)
+
+    def after_optimizer_step(self, model: torch.nn.Module, optimizer, step: int) -> None:
+        pass
+
+    def make_optimizer(self, optimizer_cls, params, **kwargs):
+        return optimizer_cls(params, **kwargs)

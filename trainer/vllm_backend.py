@@ -22,46 +22,12 @@ import torch
 
 from hdc.config import meta
 from hdc.errors import UserError
+from trainer.config import TIS_LEVELS, VLLMConfig  # noqa: F401 (VLLMConfig is re-exported)
 from trainer.generation import Generation, SamplingParams, cut_at_eos
 
 log = logging.getLogger(__name__)
 
-TIS_LEVELS = ("token", "sequence", "none")
 WORKER_EXTENSION = "trainer.vllm_worker.WeightSyncExtension"
-
-
-@dataclass
-class VLLMConfig:
-    """The recipe's `vllm:` section (used when `generation.backend: vllm`). TRL names in brackets."""
-
-    mode: str = meta("colocate: an engine inside the trainer process; server: a separate `hdc vllm-serve` "
-                     "process the trainer talks to over HTTP [vllm_mode].", default="colocate",
-                     choices=("colocate", "server"))
-    gpu_memory_utilization: float = meta("Fraction of GPU memory vLLM may take (GPU only; colocate shares the "
-                                         "GPU with training, so keep it low) [vllm_gpu_memory_utilization].",
-                                         default=0.3, gt=0, le=1)
-    tensor_parallel_size: int = meta("GPUs one engine is sharded over [vllm_tensor_parallel_size].",
-                                     default=1, ge=1)
-    kv_cache_space_gib: float = meta("CPU only: KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE).",
-                                     default=1.0, gt=0)
-    enforce_eager: bool = meta("No CUDA graphs / torch.compile: slower, starts faster, exact comparisons.",
-                               default=True)
-    dtype: str = meta("Engine dtype (auto = the checkpoint's). float32 matches a float32 trainer best.",
-                      default="float32", choices=("auto", "float32", "bfloat16", "float16"))
-    enable_sleep_mode: bool = meta("Colocate: free vLLM's GPU memory between generation and the weight "
-                                   "update (skipped, logged once, where vLLM cannot sleep, e.g. on CPU) "
-                                   "[vllm_enable_sleep_mode].", default=True)
-    server_host: str = meta("Server mode: host of `hdc vllm-serve` [vllm_server_host].", default="127.0.0.1")
-    server_port: int = meta("Server mode: port of `hdc vllm-serve` [vllm_server_port].", default=8000,
-                            ge=1, le=65535)
-    server_timeout_s: float = meta("Server mode: seconds to wait for the server to answer (health check at "
-                                   "start, each generate and each weight push) [vllm_server_timeout].",
-                                   default=240.0, gt=0)
-    tis_level: str = meta("Truncated importance sampling against the trainer/vLLM log-prob mismatch: per "
-                          "token, per sequence (product over its tokens), or none.", default="token",
-                          choices=TIS_LEVELS)
-    tis_cap: float = meta("TIS truncation: weights are min(ratio, tis_cap) (Yao et al. 2025 use 2).",
-                          default=2.0, gt=0)
 
 
 @dataclass
@@ -193,6 +159,10 @@ def generate_ids(llm, prompt_ids: list[list[int]], n: int, params: SamplingParam
     sp = VSamplingParams(n=n, max_tokens=params.max_new_tokens, temperature=0.0 if greedy else params.temperature,
                          top_p=1.0 if greedy else params.top_p,
                          stop_token_ids=sorted(eos_ids), logprobs=0, detokenize=False)
+    if params.seeds is not None:  # one seeded request per prompt: rollouts independent of batching
+        sp = [sp.clone() for _ in prompt_ids]
+        for one, seed in zip(sp, params.seeds):
+            one.seed = seed
     outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], sp, use_tqdm=False)
     rows, lps = [], []
     for request in outputs:

@@ -238,6 +238,12 @@ class DistGradientSync:
         wait_work(work, self.timeout_s, "all_reduce_sum over the world")
         return t.tolist()
 
+    def make_optimizer(self, optimizer_cls, params, **kwargs):
+        """The trainer's optimizer: sharded (ZeRO-1) for the distributed optimizer, else a plain one."""
+        if self.mode == "zero":
+            return self.shard_optimizer(optimizer_cls, **kwargs)
+        return optimizer_cls(params, **kwargs)
+
     # ------------------------------------------------------------------ distributed optimizer
     def shard_optimizer(self, optimizer_cls=torch.optim.AdamW, **kwargs) -> "ShardedOptimizer":
         """An optimizer (e.g. AdamW) over this rank's shards only: its state is 1/dp of the full one."""

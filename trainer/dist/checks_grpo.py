@@ -1,0 +1,64 @@
+"""Data-parallel GRPO against single-process GRPO: the same recipe, seed and global batch,
+with per-prompt seeded rollouts, must give the same losses and final weights (used by
+tests/test_trainer_dp.py; runs inside `spawn_world`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TIER = {"latency": "20us", "bandwidth": "2GB/s"}
+
+
+def topology(sites: int, per_site: int):
+    from hdc.topology import topology_from_dict
+
+    names = [f"site-{chr(97 + i)}" for i in range(sites)]
+    return topology_from_dict({
+        "name": f"dp-{sites}x{per_site}", "sites": [{"name": n, "nodes": 1, "gpus_per_node": per_site,
+                                                   "intra_node": TIER, "intra_pod": TIER} for n in names],
+        "wan": [{"sites": [a, b], "rtt": "1ms", "bandwidth": "1Gbps"} for a, b in zip(names, names[1:])]})
+
+
+def grpo_args(out: str, world: int, **kw):
+    from trainer.config import GRPOConfig
+
+    base = dict(output_dir=out, learning_rate=1e-3, num_generations=4, per_device_train_batch_size=16 // world,
+                gradient_accumulation_steps=2, max_completion_length=16, max_steps=3, save_steps=100, seed=3,
+                loss_type="dr_grpo", beta=0.04, deterministic_rollouts=True, torch_num_threads=1)
+    return GRPOConfig(**{**base, **kw})
+
+
+def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites: int, extra: dict) -> dict:
+    """Train a few steps in this process (a world of `world`, or alone when world == 1)."""
+    from trainer.data import load_jsonl
+    from trainer.grpo import GRPOTrainer
+
+    sync = None
+    if world > 1:
+        from hdc.strategies import make_strategy
+        from trainer.dist.grad_sync import DistGradientSync
+
+        sync = DistGradientSync(topology(sites, world // sites), make_strategy(strategy, chunks=3, every=2),
+                                micro_batches=2, bucket_cap_bytes=200_000, timeout_s=60)
+    root = Path(assets_root)
+    # length varies within every group, so every step has a gradient (accuracy alone may be all-equal)
+    trainer = GRPOTrainer(model=str(root / "sft"), reward_funcs=["accuracy", "format", "length"],
+                          args=grpo_args(out, world, **extra), train_dataset=load_jsonl(str(root / "data" / "train.jsonl")),
+                          grad_sync=sync)
+    losses, divergence = [], []
+    while trainer.step < trainer.args.max_steps:
+        m = trainer.train_step()
+        trainer.step += 1
+        losses.append(m["loss"])
+        divergence.append(getattr(sync, "last_divergence", None))
+    # numpy, not tensors: torch would pass tensors through shared memory that dies with the process
+    weights = {k: v.detach().numpy().copy() for k, v in trainer.model.state_dict().items()}
+    start = {k: v.numpy() for k, v in type(trainer.model).from_pretrained(str(root / "sft")).state_dict().items()}
+    moved = max(float(abs(weights[k] - start[k]).max()) for k in start)
+    return {"losses": losses, "weights": weights if rank == 0 else None, "divergence": divergence, "moved": moved}
+
+
+def single(assets_root: str, out: str, extra: dict) -> dict:
+    torch.set_num_threads(1)
+    return run(0, 1, assets_root, out, "flat_ring", 1, extra)
