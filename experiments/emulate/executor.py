@@ -1,0 +1,56 @@
+"""Which real executor runs the plans, and which model predicts them.
+
+Validation is about THE executor and THE simulator, so both are taken from their packages
+when importable — `trainer.dist.executor.PlanExecutor` and `simulator.collectives.simulate_plan`
+— with this package's small stand-ins (`runner.run_plan`, `hdc.cost.plan_time_s`) only as a
+fallback. HDC_EMULATE_EXECUTOR=own forces the stand-in executor (to compare the two).
+"""
+from __future__ import annotations
+
+import os
+
+from hdc.plan import Plan
+from hdc.topology import Topology
+
+
+class Executor:
+    def __init__(self, name: str, run):
+        self.name, self._run = name, run
+
+    def run(self, plan: Plan, buf):
+        """Run my part of the plan; the executor's per-step spans if it gives them."""
+        self.last_spans = self._run(plan, buf)
+        return self.last_spans
+
+
+def executor_for(topology: Topology, plans: list[Plan], rank: int, world: int) -> Executor:
+    """Build the executor and every process group the plans need (COLLECTIVE: every rank
+    calls this with the same plans in the same order)."""
+    if os.environ.get("HDC_EMULATE_EXECUTOR") != "own":
+        try:
+            from trainer.dist.executor import PlanExecutor
+            from trainer.dist.groups import ProcessGroups
+        except ImportError:
+            pass
+        else:
+            groups = ProcessGroups(topology, timeout_s=300.0)
+            execs = {id(p): PlanExecutor(p, groups) for p in plans}
+            return Executor("trainer.dist.executor.PlanExecutor", lambda p, buf: execs[id(p)].run(buf))
+    from experiments.emulate.runner import Groups, run_plan
+
+    groups = Groups()
+    groups.prepare(plans)
+    return Executor("experiments.emulate.runner.run_plan", lambda p, buf: run_plan(p, buf, groups, rank))
+
+
+def predict_s(topology: Topology, plan: Plan) -> tuple[float, str]:
+    """(predicted time of the plan run alone, which model gave it)."""
+    try:
+        from simulator.collectives import simulate_plan
+        from simulator.network import Routes
+    except ImportError:
+        from hdc.cost import plan_time_s
+
+        return plan_time_s(topology, plan), "hdc.cost.plan_time_s"
+    times = simulate_plan(Routes(topology), plan)
+    return max((end for _, end in times.values()), default=0.0), "simulator.collectives.simulate_plan"

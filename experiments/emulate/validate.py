@@ -1,0 +1,278 @@
+"""`hdc validate`: the simulator checked against real gloo collectives on emulated sites.
+
+For each config (topology × one-way delay × bandwidth) it brings the sites up, starts one
+worker per rank (experiments.emulate.worker) that first runs the calibration probe
+(calibrate.py) and then times every (strategy, size) case with the real executor; it tears
+the sites down (also on Ctrl-C or an error) and sets beside each measured median:
+  predicted  - the simulator on the topology with the probe's constants (calibrated_topology)
+  bound      - hdc.cost's alpha-beta time on the topology as written (no calibration)
+Rows go to a CSV as each config finishes; the table and a summary are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+
+from hdc import cost
+from hdc.errors import UserError
+from hdc.strategies import make_strategy
+from hdc.topology import Topology
+from hdc.units import parse_bandwidth, parse_size, parse_time
+from experiments.emulate import calibrate, launch, netns
+from experiments.emulate.executor import predict_s
+from experiments.emulate.spec import build_spec, topology_to_data, wan_pair, write_topology
+
+# Connections stay warm between repeats: without this, TCP restarts from its initial window
+# after every idle gap longer than an RTO, and each measurement mixes in a random amount of
+# slow start (documented in docs/emulation.md with the numbers either way).
+VALIDATE_SYSCTL = {"net.ipv4.tcp_slow_start_after_idle": "0"}
+
+TIE_PCT = 5.0  # strategies measured closer than this are a tie for the ranking check
+
+COLUMNS = ["config", "sites", "ranks_per_site", "one_way_ms", "bandwidth_Mbps", "strategy", "size_MiB",
+           "repeats", "measured_median_ms", "measured_min_ms", "measured_max_ms", "spread_pct",
+           "predicted_ms", "error_pct", "alpha_beta_bound_ms", "measured_over_bound", "model", "executor",
+           "calib_local_alpha_us", "calib_local_MBps", "calib_wan_alpha_ms", "calib_wan_extra_ms",
+           "calib_wan_flow_Mbps", "calib_wan_share"]
+
+
+def add_validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategies", default="flat_ring,hierarchical,chunked",
+                   help="comma list (default flat_ring,hierarchical,chunked)")
+    p.add_argument("--sizes", default="1MiB,4MiB,16MiB,64MiB", help="bytes per rank, comma list")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per case (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per case first (default 1)")
+    p.add_argument("--chunks", type=int, default=4, help="chunks of 'chunked' (default 4, inner hierarchical)")
+    p.add_argument("--max-case-s", type=float, default=2.5,
+                   help="skip a size whose alpha-beta bound exceeds this for some strategy (keeps sweeps short)")
+    p.add_argument("--out", default="out/validate.csv", help="CSV written as configs finish")
+    p.add_argument("--timeout-s", type=float, default=900.0, help="limit per config")
+    p.add_argument("--keep-results", default=None, metavar="JSON",
+                   help="also keep the last config's raw worker results (times, calibration, rank 0's spans)")
+    p.add_argument("--recompute", default=None, metavar="RAW.jsonl",
+                   help="measure nothing: recompute predictions and bounds from a raw file an earlier run "
+                        "wrote next to its CSV (<out>.raw.jsonl), e.g. after the simulator changed")
+
+
+def _cases(topo: Topology, strategies: list[str], sizes: list[int], chunks: int, max_case_s: float):
+    cases, skipped = [], []
+    for size in sizes:
+        plans = {s: make_strategy(s, chunks=chunks).plan(topo, None, size // 4, 4) for s in strategies}
+        worst = max(cost.plan_time_s(topo, p) for p in plans.values())
+        if worst > max_case_s:
+            skipped.append(size)
+            continue
+        cases += [{"strategy": s, "chunks": chunks, "size_bytes": size} for s in strategies]
+    return cases, skipped
+
+
+def measure_config(topo: Topology, cases: list[dict], args, workdir: str) -> dict:
+    """Bring the sites up, run the workers, bring them down; the workers' result JSON."""
+    spec = build_spec(topo, prefix=args.prefix, mode=netns.resolve_mode("auto"))
+    spec.extra = {"shaped": True, "sysctl": dict(VALIDATE_SYSCTL)}
+    topo_file = write_topology(topo, os.path.join(workdir, "topology.yaml"))
+    job = {"topology_file": topo_file, "cases": cases, "warmup": args.warmup, "repeats": args.repeats,
+           "out": os.path.join(workdir, "result.json"), "timeout_s": min(args.timeout_s, 300)}
+    job_file = os.path.join(workdir, "job.json")
+    with open(job_file, "w") as fh:
+        json.dump(job, fh)
+    log_path = os.path.join(workdir, "ranks.log")
+    try:
+        netns.up(spec)
+        spec.extra["topology_file"] = topo_file
+        with open(log_path, "ab") as log:
+            procs = launch.start_ranks(spec, [sys.executable, "-m", "experiments.emulate.worker", "--job", job_file],
+                                       topo_file, stdout=log, stderr=log)
+            rc = launch.wait_ranks(procs, args.timeout_s)
+    finally:
+        netns.down(args.prefix, quiet=True)
+    if rc or not os.path.exists(job["out"]):
+        with open(log_path, "rb") as fh:
+            tail = fh.read()[-3000:].decode(errors="replace")
+        raise RuntimeError(f"validate: workers failed (exit {rc}) for {topo.name}; log tail:\n{tail}")
+    with open(job["out"]) as fh:
+        res = json.load(fh)
+    if getattr(args, "keep_results", None):
+        shutil.copy(job["out"], args.keep_results)
+    return res
+
+
+def rows_for(config: str, topo: Topology, res: dict) -> list[dict]:
+    calib = res["calibration"]
+    model_topo = calibrate.calibrated_topology(topo, calib)
+    extra_s, flow_Bps = calibrate.wan_excess(topo, calib["wan"])
+    one_way_s, bw = wan_pair(topo, 0, 1)
+    rows = []
+    for r in res["results"]:
+        strat = make_strategy(r["strategy"], chunks=r["chunks"])
+        plan_model = strat.plan(model_topo, None, r["size_bytes"] // 4, 4)
+        plan_nominal = strat.plan(topo, None, r["size_bytes"] // 4, 4)
+        pred, model = predict_s(model_topo, plan_model)
+        bound = cost.plan_time_s(topo, plan_nominal)
+        ts = r["times_s"]
+        med = statistics.median(ts)
+        rows.append({
+            "config": config, "sites": len(topo.sites), "ranks_per_site": topo.sites[0].gpus,
+            "one_way_ms": round(one_way_s * 1e3, 3), "bandwidth_Mbps": round(bw * 8 / 1e6, 3),
+            "strategy": r["strategy"] if r["strategy"] != "chunked" else f"chunked{r['chunks']}",
+            "size_MiB": r["size_bytes"] / 2**20, "repeats": len(ts),
+            "measured_median_ms": med * 1e3, "measured_min_ms": min(ts) * 1e3, "measured_max_ms": max(ts) * 1e3,
+            "spread_pct": (max(ts) - min(ts)) / med * 100, "predicted_ms": pred * 1e3,
+            "error_pct": (pred - med) / med * 100, "alpha_beta_bound_ms": bound * 1e3,
+            "measured_over_bound": med / bound if bound > 0 else float("nan"), "model": model,
+            "executor": res["executor"],
+            "calib_local_alpha_us": calib.get("local", {}).get("alpha_s", float("nan")) * 1e6,
+            "calib_local_MBps": calib.get("local", {}).get("bandwidth_Bps", float("nan")) / 1e6,
+            "calib_wan_alpha_ms": calib["wan"]["alpha_s"] * 1e3, "calib_wan_extra_ms": extra_s * 1e3,
+            "calib_wan_flow_Mbps": flow_Bps * 8 / 1e6, "calib_wan_share": calibrate.wan_share(topo, calib)})
+    return rows
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(path + ".tmp", path)
+
+
+def _print_calibration(config: str, topo: Topology, calib: dict) -> None:
+    for name, c in calib.items():
+        pts = ", ".join(f"{n / 2**10:g} KiB: {t * 1e3:.2f} ms" for n, t in zip(c["sizes_bytes"], c["median_s"]))
+        print(f"{config} probe {name}: {pts} -> alpha {c['alpha_s'] * 1e3:.3f} ms, "
+              f"B {c['bandwidth_Bps'] * 8 / 1e6:.0f} Mbit/s", flush=True)
+
+
+def print_table(rows: list[dict], file=sys.stdout) -> None:
+    print(f"{'config':<22} {'strategy':<13} {'MiB':>5} {'measured ms':>12} {'spread%':>7} {'predicted':>10} "
+          f"{'err%':>6} {'bound ms':>9} {'meas/bound':>10}", file=file)
+    for r in rows:
+        print(f"{r['config']:<22} {r['strategy']:<13} {r['size_MiB']:>5g} {r['measured_median_ms']:>12.1f} "
+              f"{r['spread_pct']:>7.1f} {r['predicted_ms']:>10.1f} {r['error_pct']:>+6.1f} "
+              f"{r['alpha_beta_bound_ms']:>9.1f} {r['measured_over_bound']:>10.2f}", file=file)
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Median/worst |error|, ranking agreement per (config, size), flat/hierarchical ratios."""
+    errs = [abs(r["error_pct"]) for r in rows]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["config"], r["size_MiB"]), []).append(r)
+    mismatches, ties, ratios = [], [], []
+    for (config, size), rs in groups.items():
+        meas = [r["strategy"] for r in sorted(rs, key=lambda r: r["measured_median_ms"])]
+        pred = [r["strategy"] for r in sorted(rs, key=lambda r: r["predicted_ms"])]
+        if meas != pred:
+            text = f"{config} {size:g} MiB: measured {' < '.join(meas)}, predicted {' < '.join(pred)}"
+            # a swap of two strategies measured within TIE_PCT of each other is a tie, not a miss
+            m = {r["strategy"]: r["measured_median_ms"] for r in rs}
+            swapped = [(a, b) for i, a in enumerate(pred) for b in pred[i + 1:] if m[a] > m[b]]
+            if all((m[a] - m[b]) / m[b] * 100 <= TIE_PCT for a, b in swapped):
+                ties.append(text)
+            else:
+                mismatches.append(text)
+        by = {r["strategy"]: r for r in rs}
+        if "flat_ring" in by and "hierarchical" in by:
+            ratios.append((config, size, by["flat_ring"]["measured_median_ms"] / by["hierarchical"]["measured_median_ms"],
+                           by["flat_ring"]["predicted_ms"] / by["hierarchical"]["predicted_ms"]))
+    return {"cases": len(rows), "median_abs_error_pct": statistics.median(errs) if errs else float("nan"),
+            "worst_abs_error_pct": max(errs, default=float("nan")), "rankings": len(groups),
+            "ranking_mismatches": mismatches, "ranking_ties": ties, "flat_over_hierarchical": ratios}
+
+
+def print_summary(s: dict) -> None:
+    exact = s["rankings"] - len(s["ranking_mismatches"]) - len(s["ranking_ties"])
+    print(f"\n{s['cases']} cases: median |error| {s['median_abs_error_pct']:.1f}%, worst {s['worst_abs_error_pct']:.1f}%; "
+          f"strategy ranking: {exact}/{s['rankings']} (config, size) identical, {len(s['ranking_ties'])} differ only "
+          f"between strategies measured within {TIE_PCT:g}% of each other, {len(s['ranking_mismatches'])} differ")
+    for m in s["ranking_ties"]:
+        print(f"  tie: {m}")
+    for m in s["ranking_mismatches"]:
+        print(f"  ranking differs: {m}")
+    for config, size, meas, pred in s["flat_over_hierarchical"]:
+        print(f"  flat_ring / hierarchical at {config} {size:g} MiB: measured {meas:.2f}x, predicted {pred:.2f}x")
+
+
+def recompute(raw_path: str, out: str) -> int:
+    """Rows from saved measurements with today's model (no root, no measuring)."""
+    from hdc.topology import topology_from_dict
+
+    rows = []
+    try:
+        with open(raw_path) as fh:
+            for line in fh:
+                rec = json.loads(line)
+                rows += rows_for(rec["config"], topology_from_dict(rec["topology"], raw_path), rec["result"])
+    except OSError as e:
+        raise UserError(f"--recompute: {e.strerror}: {raw_path}") from None
+    write_csv(rows, out)
+    print_table(rows)
+    print_summary(summarize(rows))
+    return 0
+
+
+def run_validate(args) -> int:
+    from experiments.emulate.cli import effective_topology, parse_list
+    from experiments.emulate.spec import check_prefix
+
+    if args.recompute:
+        return recompute(args.recompute, args.out)
+    netns.require_root()
+    check_prefix(args.prefix)
+    if os.path.exists(args.out + ".raw.jsonl"):
+        os.unlink(args.out + ".raw.jsonl")
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    for s in strategies:
+        make_strategy(s)  # UserError names the allowed ones
+    sizes = parse_list(args.sizes, parse_size, "--sizes")
+    if any(s < 1024 for s in sizes):
+        raise UserError(f"--sizes: every size must be at least 1 KiB, got {args.sizes!r}")
+    if args.repeats < 1 or args.warmup < 0:
+        raise UserError("--repeats: must be >= 1 and --warmup >= 0")
+    delays = parse_list(args.one_way_delays, parse_time, "--one-way-delays")
+    bws = parse_list(args.bandwidths, parse_bandwidth, "--bandwidths")
+    if "unlimited" in bws:
+        raise UserError("--bandwidths: validate needs a shaped WAN; give e.g. 1Gbps")
+    rows: list[dict] = []
+    old = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        for delay in delays:
+            for bw in bws:
+                topo = effective_topology(args.topology, delay, bw, args.ranks_per_site)
+                one_way_s, bw_Bps = wan_pair(topo, 0, 1)
+                config = f"{len(topo.sites)}x{topo.sites[0].gpus} {one_way_s * 1e3:g}ms {bw_Bps * 8 / 1e6:g}M"
+                cases, skipped = _cases(topo, strategies, sizes, args.chunks, args.max_case_s)
+                if skipped:
+                    print(f"{config}: skipping {', '.join(f'{s / 2**20:g} MiB' for s in skipped)} "
+                          f"(alpha-beta bound > --max-case-s {args.max_case_s:g} s)", flush=True)
+                if not cases:
+                    continue
+                workdir = tempfile.mkdtemp(prefix="hdc-validate-")
+                res = measure_config(topo, cases, args, workdir)
+                shutil.rmtree(workdir, ignore_errors=True)
+                _print_calibration(config, topo, res["calibration"])
+                with open(args.out + ".raw.jsonl", "a") as fh:
+                    fh.write(json.dumps({"config": config, "topology": topology_to_data(topo), "result": res}) + "\n")
+                new = rows_for(config, topo, res)
+                rows += new
+                write_csv(rows, args.out)
+                print_table(new)
+                sys.stdout.flush()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        netns.down(args.prefix, quiet=True)
+    if not rows:
+        raise UserError("validate: no case to run (every size skipped by --max-case-s?)")
+    print(f"\n== all configs (CSV: {args.out})")
+    print_table(rows)
+    print_summary(summarize(rows))
+    return 0
