@@ -70,11 +70,12 @@ def gantt(timelines: dict[str, list[dict]], title: str):
     rows = []
     for ax, (case, spans) in zip(axes, timelines.items()):
         ranks = sorted({s["rank"] for s in spans}, key=_rank_order)
-        for s in spans:
-            kind = s["kind"].split(":")[0]
-            ax.broken_barh([(s["start_s"], s["end_s"] - s["start_s"])], (ranks.index(s["rank"]) - 0.4, 0.8),
-                           color=KIND_COLORS.get(kind, "#999999"))
+        bars: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for s in spans:  # one collection per (rank, kind): thousands of spans draw in one call each
+            bars.setdefault((s["rank"], s["kind"].split(":")[0]), []).append((s["start_s"], s["end_s"] - s["start_s"]))
             rows.append((case, s["rank"], s["kind"], s["start_s"], s["end_s"]))
+        for (rank, kind), xranges in bars.items():
+            ax.broken_barh(xranges, (ranks.index(rank) - 0.4, 0.8), color=KIND_COLORS.get(kind, "#999999"))
         ax.set_yticks(range(len(ranks)))
         ax.set_yticklabels(ranks, fontsize=6)
         ax.set_title(case, fontsize=9)
