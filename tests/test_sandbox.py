@@ -71,3 +71,8 @@ def test_reward_contract_and_parallel_rows():
     assert code(["p"] * 4, completions, tests=tests) == [1.0, 0.0, 1.0, None]
     assert code(["p"], ["x"]) == [None]  # no tests column: not applicable
     assert extract_code("a\n```python\nfirst\n```\n```python\nsecond\n```") == "second\n"
+
+
+def test_code_is_a_builtin_reward_name():
+    from trainer.rewards import resolve_reward
+    assert resolve_reward("code")(["p"], ["```python\ndef f(): return 1\n```"], tests=["assert f() == 1"]) == [1.0]

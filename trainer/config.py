@@ -216,7 +216,7 @@ class DataConfig:
 
 @dataclass
 class RewardSpec:
-    func: str = meta("Built-in name (accuracy, format, length) or an import path package.module:function.")
+    func: str = meta("Built-in name (accuracy, format, length, code) or an import path package.module:function.")
     weight: float = meta("Weight in the summed reward.", default=1.0)
     params: dict[str, Any] = meta("Extra keyword arguments passed to the function, e.g. target_length.",
                                   default_factory=dict)

@@ -96,7 +96,15 @@ def length(prompts: list, completions: list, target_length: int = 64, **kwargs: 
     return out
 
 
-BUILTIN_REWARDS: dict[str, RewardFunc] = {"accuracy": accuracy, "format": format, "length": length}
+def code(prompts: list, completions: list, **kwargs: Any) -> list[float | None]:
+    """Run the completion's program against the row's `tests` column in the sandbox
+    (trainer/code_reward.py); None for rows without tests."""
+    from trainer.code_reward import code as run_code
+
+    return run_code(prompts, completions, **kwargs)
+
+
+BUILTIN_REWARDS: dict[str, RewardFunc] = {"accuracy": accuracy, "format": format, "length": length, "code": code}
 
 
 def resolve_reward(name: str, path: str = "reward") -> RewardFunc:
