@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from hdc.commands import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="build the HTML report (what `make report` runs)",
@@ -19,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "strategy, sim) and write one CSV row per config; resumable.")
     p.add_argument("--grid", required=True, help="grid YAML (base, grid, evaluate)")
     p.add_argument("--out", required=True, help="results CSV (rows already there are skipped)")
-    p.add_argument("--jobs", type=_jobs, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--jobs", type=positive_int("--jobs"), default=1, help="parallel worker processes (default 1)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local processes, or Ray (needs the ray extra)")
     p.set_defaults(handler=_sweep)
@@ -32,16 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--logx", action="store_true", help="logarithmic x axis")
     p.add_argument("--out", default=None, help="PNG path (default: CSV name with .png)")
     p.set_defaults(handler=_plot)
-
-
-def _jobs(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
-    return v
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -8,14 +8,13 @@ Dotted paths reach into the raw YAML: `topology.wan[0].rtt`, `topology.site_defa
 from __future__ import annotations
 
 import copy
-import os
 import re
 from typing import Any
 
-from hdc.config import load_yaml
+from hdc.config import load_yaml, preset_source
 from hdc.errors import UserError
-from hdc.topology import PRESET_DIR, preset_names, topology_from_dict
-from hdc.workload import WORKLOAD_DIR, workload_from_dict, workload_names
+from hdc.topology import PRESET_DIR, topology_from_dict
+from hdc.workload import WORKLOAD_DIR, workload_from_dict
 
 SECTIONS = ("topology", "workload", "strategy", "sim", "faults")
 STRATEGY_KEYS = {"name": str, "chunks": int, "inner": str, "every": int, "overlap_backward": bool,
@@ -23,24 +22,21 @@ STRATEGY_KEYS = {"name": str, "chunks": int, "inner": str, "every": int, "overla
 _INDEX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
 
 
-def raw_topology(ref: Any) -> dict:
+def _raw(ref: Any, folder: str, kind: str) -> dict:
+    """A config section as plain data: a mapping as given, or a file or preset read as YAML."""
     if isinstance(ref, dict):
         return copy.deepcopy(ref)
-    if isinstance(ref, str) and os.path.exists(ref):
-        return load_yaml(ref)
-    if isinstance(ref, str) and ref in preset_names():
-        return load_yaml(os.path.join(PRESET_DIR, f"{ref}.yaml"))
-    raise UserError(f"topology: {ref!r} is neither a file, a preset ({', '.join(preset_names())}) nor a mapping")
+    if not isinstance(ref, str):
+        raise UserError(f"{kind}: must be a file, a preset name or a mapping, got {ref!r}")
+    return load_yaml(preset_source(ref, folder, kind))
+
+
+def raw_topology(ref: Any) -> dict:
+    return _raw(ref, PRESET_DIR, "topology")
 
 
 def raw_workload(ref: Any) -> dict:
-    if isinstance(ref, dict):
-        return copy.deepcopy(ref)
-    if isinstance(ref, str) and os.path.exists(ref):
-        return load_yaml(ref)
-    if isinstance(ref, str) and ref in workload_names():
-        return load_yaml(os.path.join(WORKLOAD_DIR, f"{ref}.yaml"))
-    raise UserError(f"workload: {ref!r} is neither a file, a preset ({', '.join(workload_names())}) nor a mapping")
+    return _raw(ref, WORKLOAD_DIR, "workload")
 
 
 def set_path(root: dict, dotted: str, value: Any) -> None:

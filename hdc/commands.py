@@ -40,17 +40,17 @@ def add_strategy_args(p: argparse.ArgumentParser) -> None:
     from hdc.strategies import STRATEGY_NAMES
 
     p.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help="communication strategy")
-    p.add_argument("--chunks", type=_positive_int("--chunks"), default=4,
+    p.add_argument("--chunks", type=positive_int("--chunks"), default=4,
                    help="chunks for 'chunked' (default 4)")
     p.add_argument("--inner", default="hierarchical",
                    choices=("flat_ring", "hierarchical", "distributed_optimizer"),
                    help="strategy wrapped by 'chunked' and 'local_sgd' (default hierarchical)")
-    p.add_argument("--every", type=_positive_int("--every"), default=10,
+    p.add_argument("--every", type=positive_int("--every"), default=10,
                    help="'local_sgd': steps between cross-site syncs (default 10)")
     p.add_argument("--overlap-backward", action="store_true",
                    help="'chunked': chunk c starts as soon as backward has produced it (otherwise, in a "
                         "training step, each gradient bucket is split into --chunks pieces)")
-    p.add_argument("--inflight", type=_positive_int("--inflight"), default=1,
+    p.add_argument("--inflight", type=positive_int("--inflight"), default=1,
                    help="'chunked': chunks in flight per phase (default 1: one stream)")
 
 
@@ -63,7 +63,8 @@ def strategy_from_args(args: argparse.Namespace):
                          overlap_backward=args.overlap_backward, inflight=args.inflight)
 
 
-def _positive_int(flag: str):
+def positive_int(flag: str):
+    """An argparse type: an integer >= 1 (the message names what is allowed)."""
     def parse(text: str) -> int:
         try:
             v = int(text)

@@ -8,6 +8,7 @@ path, the value and what is allowed. Nothing is clamped.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import MISSING, field
 from typing import Any, Callable
@@ -203,6 +204,22 @@ def load_yaml(path: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise UserError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def yaml_names(folder: str) -> list[str]:
+    """Preset names: the .yaml files of a folder, without the extension."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
+
+
+def preset_source(ref: str, folder: str, kind: str) -> str:
+    """The file a `PATH|PRESET` argument names: an existing path, or `folder/ref.yaml`."""
+    if os.path.exists(ref):
+        return ref
+    if ref in yaml_names(folder):
+        return os.path.join(folder, f"{ref}.yaml")
+    raise UserError(f"{kind} {ref!r}: no such file and no such preset (presets: {', '.join(yaml_names(folder))})")
 
 
 def set_dotted(data: dict, assignment: str) -> None:

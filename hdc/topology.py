@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Optional
 
-from hdc.config import from_dict, load_yaml, meta
+from hdc.config import from_dict, load_yaml, meta, preset_source, yaml_names
 from hdc.errors import UserError
 from hdc.units import parse_bandwidth, parse_distance, parse_flops, parse_size, parse_time
 
@@ -351,18 +351,12 @@ def topology_from_dict(data: object, source: str = "topology") -> Topology:
 
 
 def preset_names() -> list[str]:
-    return sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith(".yaml"))
+    return yaml_names(PRESET_DIR)
 
 
 def load_topology(path_or_preset: str) -> Topology:
     """Load a topology YAML file, or a preset by name (see `preset_names()`)."""
-    if os.path.exists(path_or_preset):
-        source = path_or_preset
-    elif path_or_preset in preset_names():
-        source = os.path.join(PRESET_DIR, f"{path_or_preset}.yaml")
-    else:
-        raise UserError(f"topology {path_or_preset!r}: no such file and no such preset "
-                        f"(presets: {', '.join(preset_names())})")
+    source = preset_source(path_or_preset, PRESET_DIR, "topology")
     data = load_yaml(source)
     try:
         return topology_from_dict(data, source)

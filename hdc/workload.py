@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from hdc.config import from_dict, load_yaml, meta
+from hdc.config import from_dict, load_yaml, meta, preset_source, yaml_names
 from hdc.errors import UserError
 
 
@@ -176,20 +176,12 @@ def _unknown_model(name: str) -> dict:
 
 
 def workload_names() -> list[str]:
-    if not os.path.isdir(WORKLOAD_DIR):
-        return []
-    return sorted(f[:-5] for f in os.listdir(WORKLOAD_DIR) if f.endswith(".yaml"))
+    return yaml_names(WORKLOAD_DIR)
 
 
 def load_workload(path_or_preset: str) -> Workload:
     """A workload YAML file, or a preset from workloads/ by name."""
-    if os.path.exists(path_or_preset):
-        source = path_or_preset
-    elif path_or_preset in workload_names():
-        source = os.path.join(WORKLOAD_DIR, f"{path_or_preset}.yaml")
-    else:
-        raise UserError(f"workload {path_or_preset!r}: no such file and no such preset "
-                        f"(presets: {', '.join(workload_names())})")
+    source = preset_source(path_or_preset, WORKLOAD_DIR, "workload")
     try:
         return workload_from_dict(load_yaml(source))
     except UserError as e:
