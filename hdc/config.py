@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import MISSING, field
 from typing import Any, Callable
@@ -158,7 +159,8 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise fail(_join(path, str(unknown[0])),
+        k = unknown[0]  # shown as typed, or quoted when it is no plain name (e.g. holds a newline)
+        raise fail(_join(path, k if isinstance(k, str) and re.fullmatch(r"[\w.\-]+", k) else repr(k)),
                    f"unknown key; allowed keys are {', '.join(sorted(fields))}")
     kwargs = {}
     for name, f in fields.items():
