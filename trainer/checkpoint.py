@@ -1,80 +1,309 @@
-"""Checkpoints: model (safetensors), optimizer, scheduler, RNG and data position.
+"""Checkpoints: model (safetensors), optimizer, scheduler, per-rank RNG and data position.
 
-Layout: OUT/checkpoints/step-00000042/ with the model and tokenizer (save_pretrained),
-optimizer.pt, scheduler.pt, rng.pt and trainer_state.json. A checkpoint is written to a
-hidden temporary directory and renamed into place, so a half-written one is never "newest".
-Everything is read back with torch.load(weights_only=True).
+Layout of OUT/checkpoints/:
+
+    step-00000042/          model.safetensors + config + tokenizer (save_pretrained),
+                            optimizer.pt        (or optimizer.rank{r}.pt: one shard per rank, ZeRO-1)
+                            scheduler.pt, trainer_state.json,
+                            rng.pt              (rank 0; rng.rank{r}.pt for the other ranks)
+                            manifest.json       size and sha256 of every file above, written last
+OUT/latest_checkpoint holds "checkpoints/step-00000042": the newest sealed checkpoint (a hint
+for people and tools; resume itself validates and takes the newest complete one).
+
+Atomicity: a checkpoint is written to `.tmp-step-.../`, every file and the directory are
+fsynced, the manifest is written (and fsynced) last, the directory is renamed into place
+and the parent fsynced; `latest_checkpoint` is replaced with write-temp + fsync + os.replace. Old
+checkpoints are renamed to `.trash-...` before they are deleted. A process killed at any
+moment therefore leaves either a complete checkpoint or a directory that `latest_checkpoint`
+skips with a warning (no manifest, missing or changed files).
+
+Safe loading: model weights only from safetensors, everything else with
+torch.load(weights_only=True); a file that needs pickle to load is refused (UserError).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
+from hdc.errors import UserError
+
 PREFIX = "step-"
+MANIFEST = "manifest.json"
+LATEST = "latest_checkpoint"  # in OUT/, next to checkpoints/
+log = logging.getLogger(__name__)
 
 
 def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"{PREFIX}{step:08d}"
 
 
+def rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng.rank{rank}.pt"
+
+
+def optimizer_shard_file(rank: int) -> str:
+    return f"optimizer.rank{rank}.pt"
+
+
+# ---------------------------------------------------------------------- writing
 def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
-                    data_state: dict, keep: int | None = None) -> Path:
+                    data_state: dict, keep: int | None = None, *, rank: int = 0, world_size: int = 1,
+                    barrier: Optional[Callable[[], None]] = None, sharded_optimizer: bool = False) -> Path:
+    """Write checkpoint `step` atomically. Called on every rank (barrier = a collective that
+    every rank reaches); each rank writes its RNG state (and its optimizer shard when
+    `sharded_optimizer`), then rank 0 writes the rest, the manifest, renames and points
+    `latest` at it. Returns the final directory."""
     final = checkpoint_dir(out_dir, step)
     tmp = final.parent / f".tmp-{final.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    barrier = barrier or (lambda: None)
+    if rank == 0:
+        for stale in partial_dirs(out_dir):  # leftovers of a killed run (already warned about on resume)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()  # the directory exists (and holds no stale files) before any rank writes into it
+    _save_torch(rng_state(), tmp / rng_file(rank))
+    if sharded_optimizer:  # ZeRO-1: the moments and the fp32 master copy of this rank's shard
+        _save_torch({"state": optimizer.state_dict(), "master_shard": optimizer.shard.detach().clone()},
+                    tmp / optimizer_shard_file(rank))
+    barrier()  # every rank's files are on disk before rank 0 seals the checkpoint
+    if rank != 0:
+        return final
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "data": data_state}, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
+    if not sharded_optimizer:
+        _save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
+    _save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
+    state = {"step": step, "data": data_state, "world_size": world_size, "sharded_optimizer": sharded_optimizer}
+    _write_bytes(tmp / "trainer_state.json", json.dumps(state, indent=2).encode())
+    files = {}
+    for p in sorted(tmp.iterdir()):
+        _fsync_file(p)
+        files[p.name] = {"size_bytes": p.stat().st_size, "sha256": _sha256(p)}
+    manifest = {"step": step, "world_size": world_size, "files": files}
+    _write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())  # last: its presence means complete
+    _fsync_dir(tmp)
+    if final.exists():  # an earlier, unusable copy of this step
+        _discard(final)
     os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    _write_atomic(Path(out_dir) / LATEST, f"checkpoints/{final.name}\n")
     if keep is not None:
         for old in list_checkpoints(out_dir)[:-keep]:
-            shutil.rmtree(old)
+            _discard(old)
     return final
 
 
+def rng_state() -> dict:
+    """Python, numpy and torch (CPU, and CUDA when present) RNG state as weights-only types."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    except ImportError:
+        pass
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+# ---------------------------------------------------------------------- finding and validating
 def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Every step-* directory, oldest first (complete or not)."""
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
+def partial_dirs(out_dir: str | Path) -> list[Path]:
+    """Leftovers of interrupted writes or deletes (.tmp-*, .trash-*): never resumed from."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith((".tmp-", ".trash-")))
+
+
+def validate_checkpoint(path: str | Path, verify_hashes: bool = True) -> Optional[str]:
+    """None if `path` is a complete checkpoint, else why not (one line)."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return "no manifest.json (the write did not finish)"
+    except (ValueError, KeyError, TypeError) as e:
+        return f"unreadable manifest.json ({e})"
+    required = {"model.safetensors", "scheduler.pt", "trainer_state.json", "rng.pt"}
+    if not required <= set(files):
+        return f"manifest lists no {sorted(required - set(files))}"
+    for name, meta in files.items():
+        p = path / name
+        if not p.is_file():
+            return f"missing {name}"
+        if p.stat().st_size != meta["size_bytes"]:
+            return f"{name} has {p.stat().st_size} bytes, the manifest says {meta['size_bytes']}"
+        if verify_hashes and _sha256(p) != meta["sha256"]:
+            return f"{name} does not match its sha256 in the manifest"
+    return None
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    found = list_checkpoints(out_dir)
-    return found[-1] if found else None
+    """The newest complete checkpoint; incomplete or corrupt ones are skipped with a warning."""
+    for d in partial_dirs(out_dir):
+        log.warning("checkpoint: ignoring partial directory %s (an interrupted write or delete)", d)
+    for path in reversed(list_checkpoints(out_dir)):
+        problem = validate_checkpoint(path)
+        if problem is None:
+            return path
+        log.warning("checkpoint: ignoring incomplete checkpoint %s: %s", path, problem)
+    return None
 
 
-def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
-    """Restore model weights, optimizer, scheduler and RNG in place; returns trainer_state.json."""
+# ---------------------------------------------------------------------- loading
+def load_checkpoint(path: str | Path, model, optimizer, scheduler, *, rank: int = 0, world_size: int = 1,
+                    sharded_optimizer: bool = False) -> dict:
+    """Restore model weights, optimizer (this rank's shard if sharded), scheduler and this
+    rank's RNG in place; returns trainer_state.json."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    state = load_file(str(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    problem = validate_checkpoint(path, verify_hashes=False)
+    if problem is not None:
+        raise UserError(f"--resume: {path} is not a complete checkpoint: {problem}")
+    state = json.loads((path / "trainer_state.json").read_text())
+    saved_world, saved_sharded = state.get("world_size", 1), state.get("sharded_optimizer", False)
+    if saved_sharded != sharded_optimizer or (sharded_optimizer and saved_world != world_size):
+        raise UserError(f"--resume: {path} was written by {saved_world} process(es) "
+                        f"{'with' if saved_sharded else 'without'} the distributed optimizer; this run has "
+                        f"{world_size} {'with' if sharded_optimizer else 'without'} it (optimizer shards differ)")
+    refuse_pickled_weights(path)
+    weights = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or any(k not in tied and "lm_head" not in k for k in missing):
         raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    random.setstate(_as_tuple(rng["python"]))
-    return json.loads((path / "trainer_state.json").read_text())
+    if sharded_optimizer:
+        shard = path / optimizer_shard_file(rank)
+        if not shard.is_file():
+            raise UserError(f"--resume: {path} has no optimizer shard for rank {rank} ({shard.name})")
+        saved = safe_torch_load(shard)
+        optimizer.load_state_dict(saved["state"])
+        with torch.no_grad():
+            optimizer.shard.copy_(saved["master_shard"])
+    else:
+        optimizer.load_state_dict(safe_torch_load(path / "optimizer.pt"))
+    scheduler.load_state_dict(safe_torch_load(path / "scheduler.pt"))
+    rng = path / rng_file(rank)
+    if not rng.is_file():
+        raise UserError(f"--resume: {path} has no RNG state for rank {rank} ({rng.name}); it was written by "
+                        f"{saved_world} process(es)")
+    set_rng_state(safe_torch_load(rng))
+    return state
+
+
+def safe_torch_load(path: str | Path):
+    """torch.load(weights_only=True); a file that needs arbitrary pickle is refused with a UserError."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"refusing to load {path}: it holds pickled Python objects, not only tensors and plain "
+                        f"data (torch.load weights_only=True failed: {first})") from None
+
+
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
+
+
+def refuse_pickled_weights(model_dir: str | Path) -> None:
+    """A model directory must hold its weights in safetensors; pickle-based weights are refused."""
+    d = Path(model_dir)
+    found = [n for n in PICKLE_WEIGHTS if (d / n).exists()]
+    has_safe = (d / "model.safetensors").exists() or (d / "model.safetensors.index.json").exists()
+    if found or not has_safe:
+        what = f"pickle-based weights ({', '.join(found)})" if found else "no model.safetensors"
+        raise UserError(f"model.name_or_path: {d} has {what}; only safetensors weights are loaded "
+                        f"(convert with model.save_pretrained(dir, safe_serialization=True))")
+
+
+# ---------------------------------------------------------------------- file helpers
+def _save_torch(obj, path: Path) -> None:
+    torch.save(obj, path)
+    _fsync_file(path)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write_bytes(tmp, text.encode())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(path: Path) -> None:
+    """Rename out of the step-* namespace first, so a kill mid-delete leaves no half checkpoint."""
+    trash = path.parent / f".trash-{path.name}"
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.replace(path, trash)
+    shutil.rmtree(trash)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _as_tuple(x):

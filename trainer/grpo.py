@@ -21,7 +21,7 @@ import torch
 
 from hdc.errors import UserError
 from trainer.algorithm import group_advantages, grpo_loss, token_entropy, token_logps
-from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoint import latest_checkpoint, load_checkpoint, refuse_pickled_weights, save_checkpoint
 from trainer.config import DataConfig, GRPOConfig
 from trainer.data import PromptSampler, evaluate_exact_match, format_prompt
 from trainer.generation import GenerationBackend, HFGenerationBackend, SamplingParams, encode_prompts
@@ -47,6 +47,7 @@ class GRPOTrainer:
         if isinstance(model, (str, Path)):
             if not Path(model).is_dir():
                 raise UserError(f"model.name_or_path: no such directory {str(model)!r}")
+            refuse_pickled_weights(model)  # safetensors only: a pickle can run code when loaded
             self.model_path = str(model)
             self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype)
         else:
@@ -294,8 +295,16 @@ class GRPOTrainer:
                                     use_chat_template=self.data.use_chat_template)
 
     def save(self, out_dir: Path) -> Path:
+        """Checkpoint on every rank: each writes its RNG state (and optimizer shard), rank 0 seals it."""
+        sync = self.grad_sync
         return save_checkpoint(out_dir, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler,
-                               self.sampler.state_dict(), keep=self.args.save_total_limit)
+                               self.sampler.state_dict(), keep=self.args.save_total_limit, rank=sync.rank,
+                               world_size=sync.world_size, barrier=lambda: sync.all_reduce_sum([0.0]),
+                               sharded_optimizer=self._sharded_optimizer)
+
+    @property
+    def _sharded_optimizer(self) -> bool:
+        return getattr(self.grad_sync, "mode", None) == "zero"  # make_optimizer gave a ShardedOptimizer
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume_from_checkpoint: bool | str = False, progress: bool = True) -> dict[str, float]:
@@ -307,7 +316,14 @@ class GRPOTrainer:
             path = latest_checkpoint(out) if resume_from_checkpoint is True else Path(resume_from_checkpoint)
             if path is None:
                 raise UserError(f"--resume: no checkpoint under {out / 'checkpoints'}")
-            state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+            if getattr(self.grad_sync, "mode", None) == "local":
+                raise UserError("--resume: not supported with the local_sgd strategy (its outer anchor and "
+                                "momentum are not in the checkpoint); start a new run or use another strategy")
+            state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, rank=self.grad_sync.rank,
+                                    world_size=self.grad_sync.world_size,
+                                    sharded_optimizer=self._sharded_optimizer)
+            if self._sharded_optimizer:  # the sync's parameter buffers are a copy of the weights: refresh it
+                self.grad_sync._params_to_buffers()
             self.step = state["step"]
             self.updates = self.step * args.num_iterations
             self.sampler.load_state_dict(state["data"])
@@ -331,7 +347,7 @@ class GRPOTrainer:
                 metrics.update(self.evaluate())
             if self.step % args.logging_steps == 0 or self.step == args.max_steps:
                 self._log(self.step, metrics)
-            if is_main and (self.step % args.save_steps == 0 or self.step == args.max_steps):
+            if self.step % args.save_steps == 0 or self.step == args.max_steps:  # every rank takes part
                 self.save(out)
         bar.close()
         if self.eval_dataset is not None:
