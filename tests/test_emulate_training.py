@@ -114,6 +114,7 @@ def test_wan_cut_mid_run_ends_every_rank_in_time_then_resume_continues(emu, tmp_
         fail = [line for line in texts[r].splitlines() if "hdc: " in line and "failed after" in line]
         assert fail, f"rank {r}: no collective failure message:\n{texts[r][-3000:]}"
         assert "group [" in fail[-1] or "over the world" in fail[-1], fail[-1]
+        assert "site-a" in fail[-1] and "site-b" in fail[-1], fail[-1]  # the message names the sites
         print(f"rank {r} exited {exit_s[r]:.2f} s after the cut (rc {p.returncode}): {fail[-1].strip()[:240]}")
     # the first cross-site collective after the cut is the one that fails: a bucket of the gradient
     # sync (the executor names the group and its sites) or, if the cut lands in generation/scoring,

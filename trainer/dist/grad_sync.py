@@ -235,7 +235,9 @@ class DistGradientSync:
             return []
         t = torch.tensor(values, dtype=torch.float64, device=self.groups.device)
         work = dist.all_reduce(t, group=self.groups.world(), async_op=True)
-        wait_work(work, self.timeout_s, "all_reduce_sum over the world")
+        wait_work(work, self.timeout_s, f"all_reduce_sum over the world "
+                                        f"({self.groups.describe(range(self.world_size))}, rank {self.rank} in "
+                                        f"{self.groups.describe([self.rank])})")
         return t.tolist()
 
     def make_optimizer(self, optimizer_cls, params, **kwargs):
