@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_assets(work: Path, sft_steps: int) -> None:
+def build_assets(work: Path, sft_steps: int, sft_lr: float) -> None:
     from trainer.arith import make_arith_data
     from trainer.sft import SFTConfig, sft
     from trainer.tiny import make_tiny_model
@@ -32,22 +32,23 @@ def build_assets(work: Path, sft_steps: int) -> None:
     if not (work / "tiny-sft" / "config.json").exists():
         t = time.perf_counter()
         sft(str(work / "tiny"), str(work / "data" / "sft.jsonl"), str(work / "tiny-sft"),
-            SFTConfig(max_steps=sft_steps))
-        print(f"warm start: {sft_steps} SFT steps in {time.perf_counter() - t:.0f} s")
+            SFTConfig(max_steps=sft_steps, learning_rate=sft_lr))
+        print(f"warm start: {sft_steps} SFT steps in {time.perf_counter() - t:.0f} s", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/learning")
     parser.add_argument("--budget-s", type=float, default=900.0, help="wall-clock budget for GRPO incl. evals")
-    parser.add_argument("--sft-steps", type=int, default=800)
+    parser.add_argument("--sft-steps", type=int, default=400)
+    parser.add_argument("--sft-lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     work = Path(opts.work)
-    build_assets(work, opts.sft_steps)
+    build_assets(work, opts.sft_steps, opts.sft_lr)
 
     from trainer.config import load_recipe
     from trainer.logs import MetricsLogger

@@ -4,13 +4,24 @@
 `datasets.load_dataset("json", data_files=...)`:
 - train.jsonl    prompt, answer   (GRPO prompts; `answer` feeds the accuracy reward)
 - heldout.jsonl  prompt, answer   (never seen in training; exact-match evaluation)
-- sft.jsonl      prompt, completion  (the supervised warm start, in the answer format
-                 <think>37+48</think><answer>85</answer>)
+- sft.jsonl      prompt, completion  (the supervised warm start)
+
+The warm start mixes two answer styles. A fraction `sft_think_fraction` of the examples
+work the sum out digit by digit, units column first, carry (or borrow) written out:
+
+    37+48  ->  <think>7+8=15,3+4+1=8</think><answer>85</answer>
+    52-38  ->  <think>12-8=4,5-3-1=1</think><answer>14</answer>
+
+the rest answer at once, without a <think> block (`<answer>85</answer>`). The warm-started
+model so does both: the direct answers are often wrong and miss the format reward, the
+worked ones are mostly right. GRPO has to find out which style pays (format reward
+~0.5 -> ~1.0) and sharpen the column work (held-out exact match up).
 """
 from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +35,8 @@ class ArithDataConfig:
     num_sft: int = meta("Warm-start examples (disjoint from held-out).", default=4000, ge=1)
     max_operand: int = meta("Operands are drawn from 0..max_operand.", default=99, ge=1)
     ops: str = meta("Operators to use, any of + and -.", default="+-")
+    sft_think_fraction: float = meta("Fraction of warm-start completions that show the digit-wise work in "
+                                     "<think>; the rest give the <answer> alone.", default=0.5, ge=0, le=1)
     seed: int = meta("Sampling seed.", default=0, ge=0)
 
 
@@ -52,9 +65,41 @@ def sample_problems(n: int, max_operand: int = 99, seed: int = 0, ops: str = "+-
     return rows
 
 
-def sft_completion(row: dict) -> str:
-    """The target answer format: the expression in <think>, the result in <answer>."""
-    return f"<think>{row['prompt']}</think><answer>{row['answer']}</answer>"
+def column_trace(prompt: str) -> str:
+    """The column-by-column work for `a+b` / `a-b` (a >= b), units first: "7+8=15,3+4+1=8".
+
+    Each column after the first adds the carry (or subtracts the borrow), 0 or 1, explicitly;
+    a subtraction column that borrows shows the borrowed 10 ("12-8=4").
+    """
+    m = re.fullmatch(r"(\d+)([+-])(\d+)", prompt)
+    if m is None:
+        raise ValueError(f"not an arithmetic prompt: {prompt!r}")
+    a, op, b = m.group(1), m.group(2), m.group(3)
+    width = max(len(a), len(b))
+    da, db = [int(c) for c in a.zfill(width)[::-1]], [int(c) for c in b.zfill(width)[::-1]]
+    steps, carry = [], 0
+    for i, (x, y) in enumerate(zip(da, db)):
+        if op == "+":
+            total = x + y + carry
+            steps.append(f"{x}+{y}={total}" if i == 0 else f"{x}+{y}+{carry}={total}")
+            carry = total // 10
+        else:
+            top = x - carry if i else x
+            borrow = int(top < y)
+            lhs = f"{x}-{y}" if i == 0 else f"{x}-{y}-{carry}"
+            if borrow:
+                lhs = f"1{lhs}"
+            steps.append(f"{lhs}={top + 10 * borrow - y}")
+            carry = borrow
+    return ",".join(steps)
+
+
+def sft_completion(row: dict, think: bool = True) -> str:
+    """The warm-start target: the column work in <think> and the result in <answer>, or
+    (think=False) the bare <answer>, which the format reward does not accept."""
+    if not think:
+        return f"<answer>{row['answer']}</answer>"
+    return f"<think>{column_trace(row['prompt'])}</think><answer>{row['answer']}</answer>"
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -79,5 +124,9 @@ def make_arith_data(out_dir: str | Path, cfg: ArithDataConfig | None = None) -> 
     paths = {"train": out / "train.jsonl", "heldout": out / "heldout.jsonl", "sft": out / "sft.jsonl"}
     write_jsonl(paths["train"], train)
     write_jsonl(paths["heldout"], heldout)
-    write_jsonl(paths["sft"], [{"prompt": r["prompt"], "completion": sft_completion(r)} for r in sft])
+    rng = random.Random(cfg.seed + 3)
+    think = [i < round(cfg.sft_think_fraction * len(sft)) for i in range(len(sft))]
+    rng.shuffle(think)
+    write_jsonl(paths["sft"], [{"prompt": r["prompt"], "completion": sft_completion(r, t)}
+                               for r, t in zip(sft, think)])
     return paths

@@ -38,7 +38,8 @@ def tokenizer_corpus() -> list[str]:
     from trainer.arith import sample_problems, sft_completion
 
     rows = sample_problems(3000, max_operand=999, seed=12345)
-    return [r["prompt"] + "\n" + sft_completion(r) for r in rows] + ["system user assistant"]
+    return [r["prompt"] + "\n" + sft_completion(r, think=i % 2 == 0) for i, r in enumerate(rows)] + \
+        ["system user assistant"]
 
 
 def build_tokenizer(vocab_size: int = 512):
