@@ -27,7 +27,6 @@ steps, as a real job on default settings would.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -37,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from trainer.logs import read_metrics  # noqa: E402
 
 PREFIX = "hdcgrpo"
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the run failed (rc {rc}); last lines of {log}:\n" + log.read_text()[-3000:], file=sys.stderr)
         return 1
 
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    rows = [row for row in read_metrics(out / "metrics.jsonl") if "loss" in row]
     sync = [r["time/sync_s"] for r in rows]
     step = [r["time/step_s"] for r in rows]
     steady = sync[1:] if len(sync) > 1 else sync

@@ -16,7 +16,6 @@ The helpers (start_train, kill_tree, wait_for, ...) are also used by tests/test_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -24,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from trainer.logs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,28 +142,16 @@ def wait_for(predicate, proc: subprocess.Popen | None = None, timeout_s: float =
 def step_losses(out: Path) -> dict[int, float]:
     """step -> loss from metrics.jsonl (the last row of a step wins: steps redone after a resume
     are logged again); a line cut by a kill is skipped."""
-    losses: dict[int, float] = {}
     path = out / "metrics.jsonl"
     if not path.exists():
-        return losses
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if "loss" in row:
-            losses[row["step"]] = row["loss"]
-    return losses
+        return {}
+    return {row["step"]: row["loss"] for row in read_metrics(path) if "loss" in row}
 
 
 def redone_steps_agree(out: Path) -> bool:
     """Every step logged more than once (before a kill and again after the resume) has the same loss."""
     seen: dict[int, float] = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
+    for row in read_metrics(out / "metrics.jsonl"):
         if "loss" in row:
             if row["step"] in seen and seen[row["step"]] != row["loss"]:
                 return False

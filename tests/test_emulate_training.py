@@ -9,7 +9,6 @@ Run: .venv/bin/python -m pytest -m emulation tests/test_emulate_training.py -q -
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hdc.topology import load_topology
+from trainer.logs import read_metrics
 from experiments.emulate import launch, netns
 from experiments.emulate.spec import build_spec, with_ranks_per_site, with_wan, write_topology
 
@@ -71,15 +71,7 @@ def start_train(spec, recipe: Path, out: Path, logs: Path, resume=False) -> list
 
 
 def logged_steps(out: Path) -> list[int]:
-    steps = []
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if "loss" in row:
-            steps.append(row["step"])
-    return steps
+    return [row["step"] for row in read_metrics(out / "metrics.jsonl") if "loss" in row]
 
 
 def test_wan_cut_mid_run_ends_every_rank_in_time_then_resume_continues(emu, tmp_path):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer.logs import read_metrics
+
 from test_reliability_resume import assets, kill_after_step_5_and_resume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -63,8 +65,7 @@ def test_a_rank_killed_mid_step_ends_the_job_in_time_and_resume_continues(tmp_pa
     done = ks.run_train(recipe, out, nproc=2, resume=True)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "final model:" in done.stdout
-    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (out / "metrics.jsonl").read_text().splitlines()
-             if '"loss"' in line]
+    steps = [row["step"] for row in read_metrics(out / "metrics.jsonl") if "loss" in row]
     assert steps[-1] == 8 and 4 in steps  # resumed after the step-3 checkpoint and ran to the end
     assert ks.redone_steps_agree(out)
 

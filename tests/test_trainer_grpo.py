@@ -147,3 +147,9 @@ def test_truncated_completions_can_be_left_out_of_the_loss(tmp_path):
     m = trainer.train_step()
     assert m["completions/truncated_fraction"] == 1.0
     assert m["grad_norm"] == 0.0
+
+
+def test_read_metrics_skips_a_line_cut_by_a_kill(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo{"step": 2, "loss": 0.25}\n{"step": 3, "loss": 0.1}\n')
+    assert [r["step"] for r in read_metrics(p)] == [1, 3]
