@@ -114,6 +114,10 @@ def cmd_train(args) -> int:
     if sync.rank == 0:
         print(" ".join(f"{k}={result[k]:.4g}" for k in keys))
         print(f"final model: {out}/final")
+    if sync.world_size > 1:
+        from trainer.dist.groups import shutdown_distributed
+
+        shutdown_distributed()
     return 0
 
 

@@ -185,11 +185,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     dist.all_reduce(flags)
     if rank == 0:
         print("all ranks ok" if int(flags.item()) == 0 else f"FAILED cases on some rank: {int(flags.item())}")
+    from trainer.dist.groups import shutdown_distributed
+
+    shutdown_distributed()
     return 0 if int(flags.item()) == 0 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def fault_case(rank: int, world: int, mode: str, victim: int, timeout_s: float) -> dict:
@@ -214,3 +213,7 @@ def fault_case(rank: int, world: int, mode: str, victim: int, timeout_s: float) 
         return {"rank": rank, "error": None, "elapsed_s": time.perf_counter() - t0}
     except RuntimeError as e:
         return {"rank": rank, "error": str(e), "elapsed_s": time.perf_counter() - t0}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -166,6 +166,17 @@ class ProcessGroups:
         return group_sites(self.topology, ranks)
 
 
+def shutdown_distributed() -> None:
+    """Leave the world cleanly: wait for every rank, then tear the process groups down. Exiting
+    with groups alive lets gloo's threads be destroyed at interpreter exit, which can abort a
+    rank ('terminate called without an active exception') after all its work succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def init_distributed(rank: Optional[int] = None, world_size: Optional[int] = None, *,
                      backend: Optional[str] = None, init_method: Optional[str] = None,
                      timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
