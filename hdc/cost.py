@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from functools import lru_cache
 from typing import Sequence
 
 from hdc.plan import Plan, Step
-from hdc.topology import Topology
+from hdc.topology import Topology, instance_cache
 
 
 # --- textbook formulas (single group, uniform links) ------------------------------------------
@@ -69,7 +68,7 @@ def round_messages(op: str, group: Sequence[int]) -> list[tuple[int, int]]:
     return [(group[i], group[(i + 1) % p]) for i in range(p)]
 
 
-@lru_cache(maxsize=4096)
+@instance_cache  # cached on the topology, so it dies with it
 def _round_profile(topology: Topology, op: str, groups: tuple[tuple[int, ...], ...]) -> tuple[tuple[float, float], ...]:
     """Distinct (latency_s, bandwidth share Bps) of the messages in one round of a step."""
     paths = [topology.path(s, d) for g in groups if len(g) > 1 for s, d in round_messages(op, g)]

@@ -23,7 +23,7 @@ import heapq
 import os
 import re
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property, wraps
 from typing import Optional
 
 from hdc.config import from_dict, load_yaml, meta, preset_source, yaml_names
@@ -36,6 +36,12 @@ from hdc.units import parse_bandwidth, parse_distance, parse_flops, parse_size, 
 # their ~1,000 km pair: give `rtt` when it is known; `distance` is for what-if sweeps.
 FIBER_ROUTE_FACTOR = 1.5
 FIBER_SPEED_MPS = 299_792_458.0 / 1.468
+
+
+# The largest topology accepted: 2^20 GPUs, several times the largest cluster built so far.
+# The simulator's graph and the placement tables grow with it, so a mistyped node count fails
+# here with a message instead of exhausting memory.
+MAX_GPUS = 1 << 20
 
 
 def fiber_one_way_s(distance_m: float) -> float:
@@ -129,11 +135,36 @@ class Location:
     local: int  # GPU index within the node
 
 
+def instance_cache(method):
+    """Memoise a method in its instance's own dict. Unlike `lru_cache` on a method, the cache
+    dies with the object, so a sweep building thousands of topologies does not keep them all."""
+    key = f"_cache_{method.__name__}"
+
+    @wraps(method)
+    def wrapper(self, *args):
+        cache = self.__dict__.get(key)
+        if cache is None:
+            cache = self.__dict__[key] = {}
+        try:
+            return cache[args]
+        except KeyError:
+            value = cache[args] = method(self, *args)
+            return value
+    return wrapper
+
+
 @dataclass(frozen=True)
 class Link:
     latency_s: float
     bandwidth_Bps: float
     tier: str  # intra_node | intra_pod | intra_site | wan
+
+
+def _node_kind(name: str) -> tuple[int, str]:
+    """(site index, gpu | nvs | leaf | gw) of a network node name made by `Topology._names`."""
+    parts = name.split("/")
+    last = parts[-1]
+    return int(parts[0][1:]), last if last in ("nvs", "leaf", "gw") else "gpu"
 
 
 @dataclass(eq=False)  # compared and hashed by identity: caches key on the object
@@ -163,6 +194,10 @@ class Topology:
             if key in seen:
                 raise UserError(f"{_p(path, f'wan[{i}].sites')}: a link between {w.sites[0]} and {w.sites[1]} is already given")
             seen.add(key)
+        total = sum(s.gpus for s in self.sites)
+        if total > MAX_GPUS:
+            raise UserError(f"{_p(path, 'sites')}: at most {MAX_GPUS:,} GPUs in all (nodes × gpus_per_node "
+                            f"summed over sites), got {total:,}")
         for j in range(1, len(self.sites)):
             if self._wan_route(0, j) is None:
                 raise UserError(f"{_p(path, 'wan')}: site {names[j]!r} is not connected to {names[0]!r} by any WAN link")
@@ -190,7 +225,7 @@ class Topology:
         start = self._site_offsets[site]
         return range(start, start + self.sites[site].gpus)
 
-    @lru_cache(maxsize=None)
+    @instance_cache
     def locate(self, gpu: int) -> Location:
         if not 0 <= gpu < self.num_gpus:
             raise IndexError(f"GPU {gpu} out of range 0..{self.num_gpus - 1}")
@@ -201,7 +236,7 @@ class Topology:
         return Location(gpu, site, node // s.nodes_per_pod, node, local)
 
     # ---------------------------------------------------------------- network
-    @lru_cache(maxsize=None)
+    @instance_cache
     def _names(self, g: int) -> tuple[str, str, str, str]:
         loc = self.locate(g)
         return (f"s{loc.site}/n{loc.node}/g{loc.local}", f"s{loc.site}/n{loc.node}/nvs",
@@ -229,14 +264,29 @@ class Topology:
             both(f"s{a}/gw", f"s{b}/gw", Link(w.one_way_s, w.capacity_Bps, "wan"))
         return out
 
-    @cached_property
-    def _link_table(self) -> dict[tuple[str, str], Link]:
-        return self.links()
-
+    @instance_cache
     def link(self, key: tuple[str, str]) -> Link:
-        return self._link_table[key]
+        """`links()[key]`, worked out from the two names alone, so that costing a plan on a
+        huge topology touches only the GPUs the plan uses."""
+        (site_a, kind_a), (site_b, kind_b) = (_node_kind(n) for n in key)
+        kinds = {kind_a, kind_b}
+        s = self.sites[site_a]
+        if kinds == {"gw"}:
+            for w in self.wan:
+                if {self.site_index(n) for n in w.sites} == {site_a, site_b}:
+                    return Link(w.one_way_s, w.capacity_Bps, "wan")
+        elif site_a != site_b:
+            pass
+        elif kinds == {"leaf", "gw"}:
+            up_lat = (s.intra_site.latency_s - s.intra_pod.latency_s) / 2
+            return Link(up_lat, s.intra_site.bandwidth_Bps * s.nodes_per_pod * s.gpus_per_node, "intra_site")
+        elif kinds == {"gpu", "nvs"}:
+            return Link(s.intra_node.latency_s / 2, s.intra_node.bandwidth_Bps, "intra_node")
+        elif kinds == {"gpu", "leaf"}:
+            return Link(s.intra_pod.latency_s / 2, s.intra_pod.bandwidth_Bps, "intra_pod")
+        raise KeyError(key)
 
-    @lru_cache(maxsize=None)
+    @instance_cache
     def _wan_route(self, a: int, b: int) -> Optional[list[int]]:
         """Lowest-latency sequence of sites from a to b over WAN links (Dijkstra)."""
         adj: dict[int, list[tuple[int, float]]] = {}

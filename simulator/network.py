@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from functools import lru_cache
 from typing import Hashable, Iterable, Mapping
 
 import networkx as nx
 import simpy
 
-from hdc.topology import Link, Topology
+from hdc.topology import Link, Topology, instance_cache
 
 
 # ------------------------------------------------------------------------------ routing
@@ -43,7 +42,7 @@ class Routes:
         self._dist, self._paths = nx.all_pairs_dijkstra(switches, weight="latency_s"), None
         self._dist = dict(self._dist)  # node -> (distances, paths)
 
-    @lru_cache(maxsize=None)
+    @instance_cache
     def path(self, src: int, dst: int) -> tuple[tuple[str, str], ...]:
         """The directed links a message from GPU `src` to GPU `dst` crosses."""
         if src == dst:

@@ -81,6 +81,7 @@ def test_three_site_routes_over_the_lowest_latency_path():
     ({"wan": []}, "wan: site 'b' is not connected"),
     ({"sites": []}, "sites: must list at least one site"),
     ({"name": None}, "name: must be a string"),
+    ({"sites__1__nodes": 489329}, "sites: at most 1,048,576 GPUs in all (nodes × gpus_per_node summed over sites), got 1,957,324"),
 ])
 def test_each_kind_of_mistake_names_the_field(changes, message):
     with pytest.raises(UserError) as e:
@@ -105,3 +106,44 @@ def test_file_errors(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(BASE))
     assert load_topology(str(good)).num_gpus == 16
+
+
+@pytest.mark.parametrize("preset", ["tiny-3site", "three-site", "nemotron-2dc"])
+def test_link_lookup_agrees_with_the_link_table(preset):
+    t = load_topology(preset)
+    table = t.links()
+    assert all(t.link(k) == v for k, v in table.items())
+    with pytest.raises(KeyError):
+        t.link(("s0/gw", "s0/n0/g0"))
+
+
+def test_caches_die_with_their_topology():
+    """A sweep builds thousands of topologies: memoised lookups must not keep them alive."""
+    import gc
+    import weakref
+
+    from hdc.cost import step_time_s
+    from hdc.strategies import make_strategy
+
+    t = build()
+    t.path(0, t.num_gpus - 1)
+    plan = make_strategy("hierarchical").plan(t, None, 1 << 20)
+    for step in plan.steps:
+        step_time_s(t, plan, step)
+    ref = weakref.ref(t)
+    del t, plan, step
+    gc.collect()
+    assert ref() is None
+
+
+def test_costing_a_huge_topology_touches_only_the_gpus_used():
+    import time
+
+    from hdc.cost import plan_time_s
+    from hdc.strategies import make_strategy
+
+    t = build(sites__0__nodes=100_000, sites__1__nodes=100_000)  # 800,000 GPUs
+    start = time.perf_counter()
+    gpus = [0, 1, t.site_gpus(1).start, t.site_gpus(1).start + 1]
+    assert plan_time_s(t, make_strategy("hierarchical").plan(t, [gpus], 1 << 20)) > 0.01  # crosses the 20 ms WAN
+    assert time.perf_counter() - start < 5
