@@ -8,6 +8,7 @@ Dotted paths reach into the raw YAML: `topology.wan[0].rtt`, `topology.site_defa
 from __future__ import annotations
 
 import copy
+import os
 import re
 from typing import Any
 
@@ -28,7 +29,25 @@ def _raw(ref: Any, folder: str, kind: str) -> dict:
         return copy.deepcopy(ref)
     if not isinstance(ref, str):
         raise UserError(f"{kind}: must be a file, a preset name or a mapping, got {ref!r}")
-    return load_yaml(preset_source(ref, folder, kind))
+    return copy.deepcopy(_parsed(preset_source(ref, folder, kind)))
+
+
+_PARSED: dict[tuple[str, int, int], Any] = {}
+
+
+def _parsed(path: str) -> Any:
+    """A YAML file's content, parsed once per (path, mtime, size): a sweep names the same preset
+    for every config. Callers get a deep copy."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return load_yaml(path)  # let it raise the usual UserError
+    key = (path, st.st_mtime_ns, st.st_size)
+    if key not in _PARSED:
+        if len(_PARSED) > 64:
+            _PARSED.clear()
+        _PARSED[key] = load_yaml(path)
+    return _PARSED[key]
 
 
 def raw_topology(ref: Any) -> dict:

@@ -20,11 +20,13 @@ import hashlib
 import itertools
 import json
 import os
+from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterator
 
 from hdc.config import load_yaml
 from hdc.errors import UserError
+from hdc.topology import lru_get
 from experiments.configs import SECTIONS, resolve
 
 EVALUATORS = ("simulate", "alpha_beta")
@@ -69,6 +71,9 @@ def config_id(config: dict, evaluate: str) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+_PLANS: OrderedDict = OrderedDict()  # (plan, WAN bytes) per topology structure, reused across configs
+
+
 def evaluate_config(config: dict, evaluate: str) -> dict[str, Any]:
     """Outputs for one config: simulator predictions, or the closed-form sync time."""
     parts = resolve(config)
@@ -76,10 +81,15 @@ def evaluate_config(config: dict, evaluate: str) -> dict[str, Any]:
         from hdc import cost
         from hdc.placement import place
 
-        topo, work = parts["topology"], parts["workload"]
-        plan = parts["strategy"].plan(topo, place(topo, work.parallel).dp_groups(), work.params_per_rank,
-                                      work.grad_bytes)
-        total, per_rank = cost.wan_bytes(topo, plan)
+        topo, work, strategy = parts["topology"], parts["workload"], parts["strategy"]
+        groups = place(topo, work.parallel).dp_groups()
+        key = (topo.structure_key, strategy.describe(), tuple(map(tuple, groups)), work.params_per_rank,
+               work.grad_bytes)
+
+        def make():
+            plan = strategy.plan(topo, groups, work.params_per_rank, work.grad_bytes)
+            return plan, cost.wan_bytes(topo, plan)
+        plan, (total, per_rank) = lru_get(_PLANS, key, make)
         return {"alpha_beta_sync_s": cost.plan_time_s(topo, plan), "wan_bytes_per_rank": per_rank}
     from experiments.evaluate import simulate_row
 

@@ -12,11 +12,11 @@ critical path through its dependencies (concurrent steps are assumed not to cont
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Sequence
 
 from hdc.plan import Plan, Step
-from hdc.topology import Topology, instance_cache
+from hdc.topology import Topology, link_class, lru_get
 
 
 # --- textbook formulas (single group, uniform links) ------------------------------------------
@@ -68,16 +68,26 @@ def round_messages(op: str, group: Sequence[int]) -> list[tuple[int, int]]:
     return [(group[i], group[(i + 1) % p]) for i in range(p)]
 
 
-@instance_cache  # cached on the topology, so it dies with it
+_SIGNATURES: OrderedDict = OrderedDict()
+
+
+def _round_signatures(topology: Topology, op: str, groups: tuple[tuple[int, ...], ...]) -> tuple:
+    """The distinct messages of one round of a step, each as ((link class, messages sharing the
+    link), ...) along its path. Depends on the paths alone (`Topology.route_key`), so a sweep
+    over link speeds works it out once per structure."""
+    def make():
+        paths = [topology.path(s, d) for g in groups if len(g) > 1 for s, d in round_messages(op, g)]
+        load = Counter(link for path in paths for link in path)
+        return tuple({tuple((link_class(k), load[k]) for k in path) for path in paths})
+    return lru_get(_SIGNATURES, (topology.route_key, op, groups), make, 256)
+
+
 def _round_profile(topology: Topology, op: str, groups: tuple[tuple[int, ...], ...]) -> tuple[tuple[float, float], ...]:
     """Distinct (latency_s, bandwidth share Bps) of the messages in one round of a step."""
-    paths = [topology.path(s, d) for g in groups if len(g) > 1 for s, d in round_messages(op, g)]
-    load = Counter(link for path in paths for link in path)
     out = set()
-    for path in paths:
-        lat = sum(topology.link(k).latency_s for k in path)
-        share = min(topology.link(k).bandwidth_Bps / load[k] for k in path)
-        out.add((lat, share))
+    for signature in _round_signatures(topology, op, groups):
+        links = [(topology.class_link(cls), n) for cls, n in signature]
+        out.add((sum(l.latency_s for l, _ in links), min(l.bandwidth_Bps / n for l, n in links)))
     return tuple(sorted(out))
 
 

@@ -24,7 +24,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property, wraps
-from typing import Optional
+from collections import OrderedDict
+from typing import Any, Callable, Optional
 
 from hdc.config import from_dict, load_yaml, meta, preset_source, yaml_names
 from hdc.errors import UserError
@@ -145,12 +146,27 @@ def instance_cache(method):
         cache = self.__dict__.get(key)
         if cache is None:
             cache = self.__dict__[key] = {}
-        try:
-            return cache[args]
-        except KeyError:
+        value = cache.get(args, _MISSING)
+        if value is _MISSING:
             value = cache[args] = method(self, *args)
-            return value
+        return value
     return wrapper
+
+
+_MISSING = object()
+
+
+def lru_get(table: "OrderedDict", key, make: Callable[[], Any], size: int = 16) -> Any:
+    """`table[key]`, made by `make()` on a miss; the least recently used entry goes beyond `size`.
+    For caches shared by equal topologies (key on `Topology.content_key`)."""
+    value = table.get(key, _MISSING)
+    if value is _MISSING:
+        value = table[key] = make()
+        if len(table) > size:
+            table.popitem(last=False)
+    else:
+        table.move_to_end(key)
+    return value
 
 
 @dataclass(frozen=True)
@@ -158,6 +174,13 @@ class Link:
     latency_s: float
     bandwidth_Bps: float
     tier: str  # intra_node | intra_pod | intra_site | wan
+
+
+def link_class(key: tuple[str, str]) -> tuple[int, int, frozenset]:
+    """(lower site, higher site, {endpoint kinds}) of a link: links of one class have the same
+    latency and bandwidth, so costs can be worked out per class once paths are known."""
+    (site_a, kind_a), (site_b, kind_b) = (_node_kind(n) for n in key)
+    return min(site_a, site_b), max(site_a, site_b), frozenset((kind_a, kind_b))
 
 
 def _node_kind(name: str) -> tuple[int, str]:
@@ -203,7 +226,26 @@ class Topology:
                 raise UserError(f"{_p(path, 'wan')}: site {names[j]!r} is not connected to {names[0]!r} by any WAN link")
 
     # ---------------------------------------------------------------- structure
-    @property
+    @cached_property
+    def content_key(self) -> str:
+        """Equal for topologies that describe the same network (names and notes aside): what
+        caches across equal topology objects key on."""
+        return repr((self.sites, self.wan, self.gpu))
+
+    @cached_property
+    def structure_key(self) -> tuple:
+        """Equal for topologies with the same sites, pods, nodes and GPUs per node, whatever their
+        links' speeds: plans and placements depend on this alone."""
+        return tuple((s.nodes, s.gpus_per_node, s.pods) for s in self.sites)
+
+    @cached_property
+    def route_key(self) -> tuple:
+        """`structure_key` plus the WAN route between every pair of sites: equal for topologies
+        whose GPU-to-GPU paths (`path()`) are the same."""
+        n = len(self.sites)
+        return self.structure_key, tuple(tuple(self._wan_route(a, b) or ()) for a in range(n) for b in range(n))
+
+    @cached_property
     def num_gpus(self) -> int:
         return sum(s.gpus for s in self.sites)
 
@@ -255,21 +297,31 @@ class Topology:
             up_bw = s.intra_site.bandwidth_Bps * s.nodes_per_pod * s.gpus_per_node
             for p in range(s.pods):
                 both(f"s{si}/p{p}/leaf", f"s{si}/gw", Link(up_lat, up_bw, "intra_site"))
-            for g in self.site_gpus(si):
-                gpu, nvs, leaf, _ = self._names(g)
-                both(gpu, nvs, Link(s.intra_node.latency_s / 2, s.intra_node.bandwidth_Bps, "intra_node"))
-                both(gpu, leaf, Link(s.intra_pod.latency_s / 2, s.intra_pod.bandwidth_Bps, "intra_pod"))
+            node_link = Link(s.intra_node.latency_s / 2, s.intra_node.bandwidth_Bps, "intra_node")
+            pod_link = Link(s.intra_pod.latency_s / 2, s.intra_pod.bandwidth_Bps, "intra_pod")
+            for n in range(s.nodes):  # the names _names() gives, without locating each GPU
+                nvs, leaf = f"s{si}/n{n}/nvs", f"s{si}/p{n // s.nodes_per_pod}/leaf"
+                for local in range(s.gpus_per_node):
+                    gpu = f"s{si}/n{n}/g{local}"
+                    both(gpu, nvs, node_link)
+                    both(gpu, leaf, pod_link)
         for w in self.wan:
             a, b = (self.site_index(n) for n in w.sites)
             both(f"s{a}/gw", f"s{b}/gw", Link(w.one_way_s, w.capacity_Bps, "wan"))
         return out
 
-    @instance_cache
     def link(self, key: tuple[str, str]) -> Link:
         """`links()[key]`, worked out from the two names alone, so that costing a plan on a
         huge topology touches only the GPUs the plan uses."""
-        (site_a, kind_a), (site_b, kind_b) = (_node_kind(n) for n in key)
-        kinds = {kind_a, kind_b}
+        link = self.class_link(link_class(key))
+        if link is None:
+            raise KeyError(key)
+        return link
+
+    @instance_cache
+    def class_link(self, cls: tuple[int, int, frozenset]) -> Optional[Link]:
+        """The Link shared by every link of a class (see `link_class`); None if there is none."""
+        site_a, site_b, kinds = cls
         s = self.sites[site_a]
         if kinds == {"gw"}:
             for w in self.wan:
@@ -284,7 +336,7 @@ class Topology:
             return Link(s.intra_node.latency_s / 2, s.intra_node.bandwidth_Bps, "intra_node")
         elif kinds == {"gpu", "leaf"}:
             return Link(s.intra_pod.latency_s / 2, s.intra_pod.bandwidth_Bps, "intra_pod")
-        raise KeyError(key)
+        return None
 
     @instance_cache
     def _wan_route(self, a: int, b: int) -> Optional[list[int]]:

@@ -110,8 +110,7 @@ def run_exact(env: simpy.Environment, net: Network, routes: Routes, op: str, gro
 
 
 def link_capacities(routes: Routes, efficiency: Mapping[str, float] | None = None) -> dict:
-    eff = efficiency or {}
-    return {k: l.bandwidth_Bps * eff.get(l.tier, 1.0) for k, l in routes.links.items()}
+    return routes.capacities(tuple(sorted((efficiency or {}).items())))
 
 
 def simulate_plan(routes: Routes, plan: Plan, mode: str = "coflow", train_step: int = 0,

@@ -33,14 +33,28 @@ class Routes:
     def __init__(self, topology: Topology):
         self.topology = topology
         self.links: dict[tuple[str, str], Link] = topology.links()
-        self.graph = nx.DiGraph()
-        for (a, b), link in self.links.items():
-            self.graph.add_edge(a, b, latency_s=link.latency_s, tier=link.tier,
-                                bandwidth_Bps=link.bandwidth_Bps)
-        gpus = {topology._names(g)[0] for g in range(topology.num_gpus)}
-        switches = self.graph.subgraph(n for n in self.graph if n not in gpus)
-        self._dist, self._paths = nx.all_pairs_dijkstra(switches, weight="latency_s"), None
-        self._dist = dict(self._dist)  # node -> (distances, paths)
+        self.gpu_names = frozenset(a for (a, b), link in self.links.items() if b.endswith("/nvs"))
+        edges = [(a, b, {"latency_s": link.latency_s, "tier": link.tier, "bandwidth_Bps": link.bandwidth_Bps})
+                 for (a, b), link in self.links.items()]
+        self.graph = nx.DiGraph(edges)
+        switches = nx.DiGraph(e for e in edges if e[0] not in self.gpu_names and e[1] not in self.gpu_names)
+        switches.add_nodes_from(n for n in self.graph if n not in self.gpu_names)
+        self._dist = dict(nx.all_pairs_dijkstra(switches, weight="latency_s"))  # node -> (distances, paths)
+        self.templates: dict = {}  # the simulator's step templates, shared by runs on equal topologies
+
+    @instance_cache
+    def capacities(self, efficiency: tuple[tuple[str, float], ...] = ()) -> dict[tuple[str, str], float]:
+        """Each link's usable bandwidth: its bandwidth × the efficiency of its tier."""
+        eff = dict(efficiency)
+        return {k: l.bandwidth_Bps * eff.get(l.tier, 1.0) for k, l in self.links.items()}
+
+    @instance_cache
+    def tier_capacity(self) -> dict[str, float]:
+        """Sum of link bandwidths per tier."""
+        out: dict[str, float] = defaultdict(float)
+        for link in self.links.values():
+            out[link.tier] += link.bandwidth_Bps
+        return dict(out)
 
     @instance_cache
     def path(self, src: int, dst: int) -> tuple[tuple[str, str], ...]:

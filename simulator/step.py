@@ -18,17 +18,16 @@ it is executed as independent per-stage sub-plans, since the groups of a step ar
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
-import weakref
 
 import simpy
 
 from hdc.placement import place
 from hdc.plan import Plan, Step
 from hdc.strategies import Strategy, bucketed
-from hdc.topology import Topology
+from hdc.topology import Topology, lru_get
 from hdc.workload import Workload
 from simulator.collectives import Template, coflow_bytes, link_capacities, run_exact, start_coflow, step_template
 from simulator.model import SimConstants, op_costs
@@ -56,15 +55,17 @@ class RunStats:
     spans: list = field(default_factory=list)
 
 
-_PLANS: "weakref.WeakKeyDictionary[Topology, dict]" = weakref.WeakKeyDictionary()
-_ROUTES: "weakref.WeakKeyDictionary[Topology, Routes]" = weakref.WeakKeyDictionary()
+# Routes and plans depend only on what a topology describes, not on which object holds it: a
+# sweep rebuilds an equal topology for every strategy and chunk count of a grid point. Routes
+# are cached by `Topology.content_key`, plans by `Topology.structure_key` (they never look at
+# link speeds), in small LRU tables.
+_ROUTES: "OrderedDict[str, Routes]" = OrderedDict()
+_PLANS: "OrderedDict[tuple, dict]" = OrderedDict()
 
 
 def routes_for(topology: Topology) -> Routes:
-    """The topology's Routes, built once per Topology object."""
-    if topology not in _ROUTES:
-        _ROUTES[topology] = Routes(topology)
-    return _ROUTES[topology]
+    """Routes for the topology, built once per distinct topology content."""
+    return lru_get(_ROUTES, topology.content_key, lambda: Routes(topology))
 
 
 class _Memo(Strategy):
@@ -89,7 +90,7 @@ def dp_plan(strategy: Strategy, topology: Topology, workload: Workload, groups) 
     the DDP-style bucketed version (bucket k may start once backward produced it)."""
     key = (strategy.describe(), tuple(map(tuple, groups)), workload.params_per_rank,
            workload.grad_bytes, workload.bucket_numel)
-    cache = _PLANS.setdefault(topology, {})
+    cache = lru_get(_PLANS, topology.structure_key, dict)
     if key not in cache:
         numel = workload.params_per_rank
         plan = strategy.plan(topology, groups, numel, workload.grad_bytes)
@@ -165,7 +166,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
     if aggregate:
         pipes = [[[placement.gpu_of[(d, s, 0)] for d in range(par.dp)] for s in range(pp)]]
         groups = [[placement.gpu_of[(d, s, 0)] for d in range(par.dp)] for s in range(pp)]
-        gpu_names = {topology._names(g)[0] for g in range(topology.num_gpus)}
+        gpu_names = routes.gpu_names
 
         def mult(link):  # links of other TP ranks' GPUs are images, not shared
             return 1 if (link[0] in gpu_names or link[1] in gpu_names) else tp
@@ -182,10 +183,14 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
     steps = [s for s in plan.steps if s.active(train_step)]
     tpl_cache: dict = {}
 
+    shared = routes.templates.setdefault((aggregate, tp), {})  # reused by equal topologies
+
     def template(op, grps) -> Template:
         key = (op, grps)
         if key not in tpl_cache:
-            tpl_cache[key] = step_template(routes, op, grps, mult)
+            if key not in shared:
+                shared[key] = step_template(routes, op, grps, mult)
+            tpl_cache[key] = shared[key]
         return tpl_cache[key]
 
     sub: dict[tuple[int, int], tuple[Step, tuple, tuple]] = {}
@@ -205,9 +210,6 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
 
     # -- network: links grouped into atoms (aggregate) or one resource per link (exact) -------
     caps = link_capacities(routes, constants.link_efficiency())
-    tier_links = defaultdict(float)
-    for k, link in routes.links.items():
-        tier_links[link.tier] += link.bandwidth_Bps
     if aggregate:
         templates = list({id(t): t for t in tpl_cache.values()}.values())
         of, atom_caps, _ = atoms(caps, [t.weights for t in templates])
@@ -340,7 +342,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
             bytes_by_tier[tier] += b * count
     bytes_by_tier["intra_node"] += costs.tp_bytes_per_op * m * vpp * par.world_size
     return RunStats(T, compute, tp_exposed, bubble, rest - bubble, dp_exposed, opt_s, pipe_end,
-                    dict(bytes_by_tier), dict(tier_links), plan, owned, 0, net.flows_started, spans or [])
+                    dict(bytes_by_tier), routes.tier_capacity(), plan, owned, 0, net.flows_started, spans or [])
 
 
 def _tp_collective(routes: Routes, placement, workload: Workload, constants: SimConstants) -> tuple[float, float]:

@@ -57,3 +57,33 @@ def test_hierarchical_plan_by_hand_and_wan_sharing():
     topo4 = two_sites(links=4)
     plan4 = Hierarchical().plan(topo4, None, 8_000_000, element_size=4)
     assert cost.step_time_s(topo4, plan4, plan4.steps[1]) == pytest.approx(2 * (one_way + 4e-3))
+
+
+def _three_sites(rtt_ac):
+    return topology_from_dict({
+        "name": "t3",
+        "site_defaults": {"nodes": 1, "gpus_per_node": 2,
+                          "intra_node": {"latency": "10us", "bandwidth": "100GB/s"},
+                          "intra_pod": {"latency": "20us", "bandwidth": "10GB/s"}},
+        "sites": [{"name": "a"}, {"name": "b"}, {"name": "c"}],
+        "wan": [{"sites": ["a", "b"], "rtt": "10ms", "bandwidth": "1Gbps"},
+                {"sites": ["b", "c"], "rtt": "10ms", "bandwidth": "1Gbps"},
+                {"sites": ["a", "c"], "rtt": rtt_ac, "bandwidth": "8Gbps"}]})
+
+
+def _fresh_plan_time(topology, plan):
+    """plan_time_s with every cross-topology cache emptied first."""
+    cost._SIGNATURES.clear()
+    return cost.plan_time_s(topology, plan)
+
+
+@pytest.mark.parametrize("rtt_ac", ["5ms", "50ms"])  # a->c direct, or a->b->c: the route changes
+def test_cached_costs_equal_fresh_ones_when_a_sweep_changes_link_speeds(rtt_ac):
+    """Costs are cached per path structure and recomputed per link speed: a topology with the
+    same structure but other speeds or WAN routes must get its own numbers."""
+    plan = FlatRing().plan(_three_sites("5ms"), None, 1 << 20)
+    warm = [cost.plan_time_s(_three_sites(r), plan) for r in ("5ms", "50ms", rtt_ac)]
+    assert warm[2] == _fresh_plan_time(_three_sites(rtt_ac), plan)
+    assert warm[0] != warm[1]  # 5 ms direct vs the 2 x 5 ms detour at 1 Gbit/s
+    assert _three_sites("5ms").route_key != _three_sites("50ms").route_key
+    assert _three_sites("5ms").structure_key == _three_sites("50ms").structure_key

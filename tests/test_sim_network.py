@@ -5,7 +5,8 @@ import random
 import pytest
 import simpy
 
-from hdc.topology import load_topology, preset_names
+from experiments.configs import raw_topology
+from hdc.topology import load_topology, preset_names, topology_from_dict
 from simulator.network import Network, Routes, atoms
 
 
@@ -114,3 +115,15 @@ def test_atoms_group_indistinguishable_links():
     assert of["a"] == of["b"] != of["c"]
     assert of["d"] not in (of["a"], of["c"])
     assert sorted(count) == [1, 1, 2]
+
+
+def test_routes_are_shared_by_equal_topologies_only():
+    from simulator.step import routes_for
+
+    a, b = load_topology("tiny-2site"), load_topology("tiny-2site")
+    assert a is not b and routes_for(a) is routes_for(b)
+    raw = raw_topology("tiny-2site")
+    raw["wan"][0]["rtt"] = "99ms"
+    c = topology_from_dict(raw)
+    assert routes_for(c) is not routes_for(a)
+    assert routes_for(c).latency_s(routes_for(c).path(0, c.num_gpus - 1)) > 0.049
