@@ -137,26 +137,14 @@ def _evaluate_all(todo, evaluate: str, jobs: int, executor: str, progress: bool)
 
     try:
         if executor == "ray":
-            try:
-                import ray
-            except ImportError:
-                raise UserError("--executor ray: install the ray extra (pip install -e .[ray])") from None
-            ray.init(ignore_reinit_error=True, include_dashboard=False)
-            remote = ray.remote(_run)
-            refs = {remote.remote((c, evaluate)): i for i, (_, c, _) in enumerate(todo)}
-            pending = list(refs)
-            while pending:
-                ready, pending = ray.wait(pending)
-                for ref in ready:
-                    yield row(refs[ref], ray.get(ref))
+            yield from _on_ray(todo, evaluate, row)
         elif jobs <= 1:
             for i, (_, c, _) in enumerate(todo):
                 yield row(i, evaluate_config(c, evaluate))
         else:
             with ProcessPoolExecutor(max_workers=jobs) as pool:
-                chunk = max(1, len(todo) // (jobs * 8))
-                batches = [list(range(i, min(i + chunk, len(todo)))) for i in range(0, len(todo), chunk)]
-                futures = {pool.submit(_run_batch, [(todo[i][1], evaluate) for i in b]): b for b in batches}
+                futures = {pool.submit(_run_batch, [(todo[i][1], evaluate) for i in b]): b
+                           for b in _batches(len(todo), jobs)}
                 for fut in as_completed(futures):
                     for i, outputs in zip(futures[fut], fut.result()):
                         yield row(i, outputs)
@@ -164,8 +152,41 @@ def _evaluate_all(todo, evaluate: str, jobs: int, executor: str, progress: bool)
         bar.close()
 
 
+def _batches(n: int, workers: int) -> list[list[int]]:
+    """Consecutive configs in ~8 batches per worker: neighbours in a grid share a topology, so
+    a worker's caches (routes, plans) serve the whole batch."""
+    size = max(1, n // (workers * 8))
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
 def _run_batch(items: list[tuple[dict, str]]) -> list[dict]:
     return [evaluate_config(c, e) for c, e in items]
+
+
+def _on_ray(todo, evaluate: str, row) -> Iterator[dict]:
+    """The same batches as tasks on a Ray cluster: the one `RAY_ADDRESS` names (`ray start
+    --head` on one machine, `ray start --address ...` on the others), else a local one."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray: install the ray extra (pip install -e .[ray])") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR")
+    try:
+        remote = ray.remote(_run_batch)
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        refs = {remote.remote([(todo[i][1], evaluate) for i in b]): b for b in _batches(len(todo), workers)}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending)
+            for ref in ready:
+                for i, outputs in zip(refs[ref], ray.get(ref)):
+                    yield row(i, outputs)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 class _RowWriter:

@@ -77,3 +77,18 @@ def test_plot_cli(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "r.png").stat().st_size > 5000
     rc = main(["plot", out, "--x", "nope", "--y", "alpha_beta_sync_s"])
     assert rc == 2 and "--x: no column 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("evaluate", ["simulate", "alpha_beta"])
+def test_ray_executor_gives_the_local_rows(tmp_path, evaluate):
+    """`--executor ray` on a local Ray instance: the same rows as local processes."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e .[ray])")
+    grid = load_grid(write(tmp_path, {**GRID, "evaluate": evaluate}))
+    local, remote = str(tmp_path / "local.csv"), str(tmp_path / "ray.csv")
+    assert run_sweep(grid, local, jobs=2, progress=False) == 4
+    assert run_sweep(grid, remote, executor="ray", progress=False) == 4
+
+    def rows(path):
+        return {r["config_id"]: r for r in csv.DictReader(open(path))}
+    assert rows(local) == rows(remote)
