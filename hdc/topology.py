@@ -22,9 +22,9 @@ import bisect
 import heapq
 import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property, wraps
-from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from hdc.config import from_dict, load_yaml, meta, preset_source, yaml_names
@@ -293,12 +293,11 @@ class Topology:
             out[(b, a)] = link
 
         for si, s in enumerate(self.sites):
-            up_lat = (s.intra_site.latency_s - s.intra_pod.latency_s) / 2
-            up_bw = s.intra_site.bandwidth_Bps * s.nodes_per_pod * s.gpus_per_node
+            up_link = self.class_link((si, si, frozenset(("leaf", "gw"))))
+            node_link = self.class_link((si, si, frozenset(("gpu", "nvs"))))
+            pod_link = self.class_link((si, si, frozenset(("gpu", "leaf"))))
             for p in range(s.pods):
-                both(f"s{si}/p{p}/leaf", f"s{si}/gw", Link(up_lat, up_bw, "intra_site"))
-            node_link = Link(s.intra_node.latency_s / 2, s.intra_node.bandwidth_Bps, "intra_node")
-            pod_link = Link(s.intra_pod.latency_s / 2, s.intra_pod.bandwidth_Bps, "intra_pod")
+                both(f"s{si}/p{p}/leaf", f"s{si}/gw", up_link)
             for n in range(s.nodes):  # the names _names() gives, without locating each GPU
                 nvs, leaf = f"s{si}/n{n}/nvs", f"s{si}/p{n // s.nodes_per_pod}/leaf"
                 for local in range(s.gpus_per_node):
@@ -306,13 +305,13 @@ class Topology:
                     both(gpu, nvs, node_link)
                     both(gpu, leaf, pod_link)
         for w in self.wan:
-            a, b = (self.site_index(n) for n in w.sites)
-            both(f"s{a}/gw", f"s{b}/gw", Link(w.one_way_s, w.capacity_Bps, "wan"))
+            a, b = sorted(self.site_index(n) for n in w.sites)
+            both(f"s{a}/gw", f"s{b}/gw", self.class_link((a, b, frozenset(("gw",)))))
         return out
 
     def link(self, key: tuple[str, str]) -> Link:
-        """`links()[key]`, worked out from the two names alone, so that costing a plan on a
-        huge topology touches only the GPUs the plan uses."""
+        """`links()[key]` for a key of `links()` (as `path()` returns them), worked out from the
+        two names alone, so that costing a plan on a huge topology touches only the GPUs it uses."""
         link = self.class_link(link_class(key))
         if link is None:
             raise KeyError(key)
