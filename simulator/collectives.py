@@ -4,7 +4,7 @@ A step over groups of p ranks runs `rounds(op, p)` rounds; in each round every m
 one message of `message_elems(op, p, n)` elements to its ring successor (or the tree/pair
 of `round_messages`), and the round ends when the group's messages have all arrived.
 
-Two ways to execute it on a `Network`, both here:
+Three ways to execute it on a `Network`, all here:
   * `exact`: every group a SimPy process, every message its own flow, a barrier per round.
   * `coflow`: the rounds of a group repeat the same messages, so the step is one flow of
     R × message bytes after R × (largest message latency), loading each link with the number
@@ -13,9 +13,15 @@ Two ways to execute it on a `Network`, both here:
     All groups of the step advance together at the rate of their common bottleneck. Equal to
     `exact` whenever the groups are symmetric and contention does not change mid-step
     (tested), and to hdc.cost's alpha-beta time when the step runs alone (tested).
+  * `pipelined`: what a collective library really sends (`Pipeline`, gloo's ring by default):
+    each round's message split into segments, a few in flight per connection, each segment
+    sent only after the receiver's ready notice arrived — no barrier per round, so latency
+    and transfer overlap. Every segment is its own flow, so concurrent groups share links
+    as in `exact`. For validating against real gloo; slower than `coflow` on big plans.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Hashable, Mapping, Sequence
@@ -109,16 +115,115 @@ def run_exact(env: simpy.Environment, net: Network, routes: Routes, op: str, gro
                                 for path in msgs])
 
 
+# ------------------------------------------------------------------------------ pipelined
+RING_OPS = ("all_reduce", "reduce_scatter", "all_gather")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """How a collective library streams a step, instead of synchronous rounds.
+
+    The defaults are gloo's ring all-reduce (gloo/allreduce.cc: what torch's ProcessGroupGloo
+    runs for a CPU all_reduce): each member's chunk is cut into segments of at most
+    `segment_bytes` (kMaxSegmentSize, 1 MiB), at least `min_segments` (2) per chunk; iteration
+    i of the loop first waits for segment i-`window` (2 in flight per connection), then posts
+    segment i. gloo's TCP transport sends a segment only once the receiver's ready notice has
+    arrived (`rendezvous`): a segment costs the reverse path's latency, then its own latency
+    and size / rate. An all-reduce drains the pipeline once, between its reduce-scatter and
+    all-gather halves. `call_overhead_s`: a fixed cost per collective call (issuing it, the
+    ranks' wake-ups, noticing completion) — measured, e.g. by experiments/emulate/calibrate.py.
+    """
+    segment_bytes: float = float(1 << 20)
+    min_segments: int = 2
+    window: int = 2
+    rendezvous: bool = True
+    call_overhead_s: float = 0.0
+
+
+def pipeline_shape(op: str, p: int, numel: int, element_size: int, pipe: Pipeline) -> tuple[int, int, float]:
+    """(phases, segments per connection per phase, bytes per segment) of one group's step.
+    Ring ops: a round's message of m bytes is k = max(min_segments, ceil(m / segment_bytes))
+    segments, p-1 rounds per phase (all-reduce: 2 phases). Other ops: one message per round."""
+    m = message_bytes(op, p, numel, element_size)
+    if op in RING_OPS:
+        k = max(pipe.min_segments, math.ceil(m / pipe.segment_bytes))
+        return (2 if op == "all_reduce" else 1), (p - 1) * k, m / k
+    return rounds(op, p), 1, float(m)
+
+
+def run_pipelined(env: simpy.Environment, net: Network, routes: Routes, op: str, group: Sequence[int],
+                  numel: int, element_size: int, pipe: Pipeline):
+    """SimPy process: one group's step as the library runs it (see `Pipeline`).
+
+    Every member loops like gloo's ring: at iteration i it waits until segment i-W has arrived
+    on each of its incoming connections and left on each outgoing one, then posts segment i
+    (a ready notice upstream, the send downstream). A segment leaves when both its send is
+    posted and the notice has crossed the reverse path, behind the connection's previous
+    segment (one TCP stream is FIFO); it is a flow of `seg` bytes sharing links with every
+    other flow, then pays its path's latency. Data dependencies of the ring (a segment
+    forwarded at i was received at i-k, k >= W) hold by construction."""
+    p = len(group)
+    if p < 2 or numel == 0:
+        return
+    phases, count, seg = pipeline_shape(op, p, numel, element_size, pipe)
+    conns = round_messages(op, group)
+    path = {c: routes.path(*c) for c in conns}
+    weights = {c: {link: 1.0 for link in path[c]} for c in conns}
+    latency = {c: routes.latency_s(path[c]) for c in conns}
+    notice = {c: routes.latency_s(routes.path(c[1], c[0])) if pipe.rendezvous else 0.0 for c in conns}
+    members = sorted({m for c in conns for m in c})
+    ins = {m: [c for c in conns if c[1] == m] for m in members}
+    outs = {m: [c for c in conns if c[0] == m] for m in members}
+    window = max(pipe.window, 1)
+    posted, left, arrived = {}, {}, {}
+    for ph in range(phases):
+        for c in conns:
+            for i in range(count):
+                posted[ph, c, i], left[ph, c, i], arrived[ph, c, i] = env.event(), env.event(), env.event()
+
+    wire = {c: None for c in conns}  # the connection's last segment on the wire: TCP is one FIFO stream
+
+    def segment(ph, c, i, ready):
+        yield simpy.AllOf(env, [posted[ph, c, i], ready])
+        left[ph, c, i].succeed()
+        mine = env.event()
+        ahead, wire[c] = wire[c], mine
+        if ahead is not None and not ahead.processed:
+            yield ahead
+        yield net.transfer(weights[c], seg, 0.0, kind=path[c])  # onto the wire (shared links)...
+        mine.succeed()
+        yield env.timeout(latency[c])  # ...then across the path
+        arrived[ph, c, i].succeed()
+
+    def member(m):
+        for ph in range(phases):
+            for i in range(count + window):
+                if i >= window:
+                    yield simpy.AllOf(env, [arrived[ph, c, i - window] for c in ins[m]]
+                                      + [left[ph, c, i - window] for c in outs[m]])
+                if i < count:
+                    for c in ins[m]:
+                        env.process(segment(ph, c, i, env.timeout(notice[c])))
+                    for c in outs[m]:
+                        posted[ph, c, i].succeed()
+
+    yield simpy.AllOf(env, [env.process(member(m)) for m in members])
+
+
 def link_capacities(routes: Routes, efficiency: Mapping[str, float] | None = None) -> dict:
     return routes.capacities(tuple(sorted((efficiency or {}).items())))
 
 
 def simulate_plan(routes: Routes, plan: Plan, mode: str = "coflow", train_step: int = 0,
-                  efficiency: Mapping[str, float] | None = None) -> dict[int, tuple[float, float]]:
+                  efficiency: Mapping[str, float] | None = None,
+                  pipeline: Pipeline | None = None) -> dict[int, tuple[float, float]]:
     """Run a plan's active steps alone on the network (deps respected, triggers ignored).
 
-    Returns step id -> (start_s, end_s). The plan's time is the largest end.
+    mode: 'coflow' (default), 'exact' or 'pipelined' (see the module docstring; `pipeline`
+    describes the library, gloo's ring when None). Returns step id -> (start_s, end_s). The
+    plan's time is the largest end.
     """
+    pipe = pipeline or Pipeline()
     env = simpy.Environment()
     net = Network(env, link_capacities(routes, efficiency))
     done: dict[int, simpy.Event] = {}
@@ -128,9 +233,20 @@ def simulate_plan(routes: Routes, plan: Plan, mode: str = "coflow", train_step: 
         deps = [done[d] for d in step.deps if d in done]
         if deps:
             yield simpy.AllOf(env, deps)
+        if mode == "pipelined":  # in its groups' issue order
+            ahead, mine = issued[step.id]
+            if ahead:
+                yield simpy.AllOf(env, ahead)
+            mine.succeed()
         start = env.now
         if mode == "exact":
             procs = [env.process(run_exact(env, net, routes, step.op, g, n, plan.element_size))
+                     for g, (_, n) in zip(step.groups, step.regions)]
+            yield simpy.AllOf(env, procs)
+        elif mode == "pipelined":
+            if pipe.call_overhead_s > 0:
+                yield env.timeout(pipe.call_overhead_s)
+            procs = [env.process(run_pipelined(env, net, routes, step.op, g, n, plan.element_size, pipe))
                      for g, (_, n) in zip(step.groups, step.regions)]
             yield simpy.AllOf(env, procs)
         else:
@@ -138,8 +254,36 @@ def simulate_plan(routes: Routes, plan: Plan, mode: str = "coflow", train_step: 
             yield start_coflow(net, step.op, tpl, step.numel, plan.element_size)
         times[step.id] = (start, env.now)
 
+    if mode == "pipelined":
+        issued = _issue_order(plan, train_step, env)
     for step in plan.steps:
         if step.active(train_step):
             done[step.id] = env.process(run(step))
     env.run()
     return times
+
+
+def _issue_order(plan: Plan, train_step: int, env: simpy.Environment) -> dict:
+    """step id -> (events of the steps issued before it on its groups, its own 'issued' event).
+
+    A collective library needs the collectives of one communicator issued in the same order on
+    every rank, so an executor issues each group's steps in one fixed order from the plan alone
+    — trainer.dist.executor: (dependency depth, step id) — and a step whose deps are done still
+    waits until the step before it on the same group has been issued (e.g. chunk 2's
+    reduce-scatter in a site queues behind chunk 0's all-gather, which waits for the WAN)."""
+    level: dict[int, int] = {}
+    for s in plan.steps:
+        level[s.id] = 1 + max((level[d] for d in s.deps if d in level), default=-1)
+    queues: dict = defaultdict(list)
+    for s in plan.steps:
+        if s.active(train_step):
+            for g in s.groups:
+                if len(g) > 1:
+                    queues[tuple(sorted(g))].append(s)
+    ev = {s.id: env.event() for s in plan.steps if s.active(train_step)}
+    before: dict[int, list] = defaultdict(list)
+    for q in queues.values():
+        q.sort(key=lambda s: (level[s.id], s.id))
+        for a, b in zip(q, q[1:]):
+            before[b.id].append(ev[a.id])
+    return {sid: (before[sid], e) for sid, e in ev.items()}

@@ -1,6 +1,7 @@
 """Emulation pieces that need no root: names and delays from a topology, the delay line's
-forwarding logic (over datagram socketpairs standing in for TUN devices), the calibration
-fit, the validation summary, the rank environment and the CLI's refusals."""
+forwarding logic (over datagram socketpairs standing in for TUN devices), the model that
+predicts real gloo (the simulator's pipelined ring, on hand-computed cases), the calibration
+fit, the validation summary and its recompute loop, the rank environment and the CLI's refusals."""
 from __future__ import annotations
 
 import argparse
@@ -102,24 +103,157 @@ def test_calibration_fit_recovers_alpha_and_bandwidth():
     assert a == pytest.approx(alpha, rel=1e-6) and b == pytest.approx(bw, rel=1e-6)
 
 
-def test_calibrated_topology_uses_probe_constants_only():
-    from hdc import cost
+# ---------------------------------------------------------------- the pipelined (gloo ring) model
+def _wan_pair(one_way_s=0.01, rate_Bps=1e8, ranks_per_site=1, sites="tiny-2site"):
+    """Sites joined by one WAN of exactly `one_way_s` and `rate_Bps`; inside a site nothing costs."""
+    topo = specmod.with_ranks_per_site(specmod.with_wan(load_topology(sites), one_way_s=one_way_s,
+                                                       bandwidth_Bps=rate_Bps), ranks_per_site)
+    cross = {tuple(w.sites): one_way_s for w in topo.wan}
+    return specmod.with_tiers(topo, node=(0.0, 1e12), cross_site_s=cross)
 
-    topo = specmod.with_wan(load_topology("tiny-2site"), one_way_s=0.01, bandwidth_Bps=125e6)
-    calib = {"local": {"alpha_s": 2e-4, "bandwidth_Bps": 1e9},
-             "wan": {"alpha_s": 0.0235, "bandwidth_Bps": 50e6}}
-    m = calibrate.calibrated_topology(topo, calib)
-    assert m.path_latency_s(0, 2) == pytest.approx(0.0235, abs=1e-6)
-    assert m.wan[0].bandwidth_Bps == pytest.approx(125e6)  # the link keeps its capacity...
-    assert m.sites[1].intra_node.bandwidth_Bps == pytest.approx(1e9)
-    # ...one connection gets the probed 50 MB/s, two (from two GPUs) share the 125 MB/s link
-    step_one = cost._round_profile(m, "send_recv", ((0, 2),))
-    step_two = cost._round_profile(m, "send_recv", ((0, 2), (1, 3)))
-    assert step_one[0][1] == pytest.approx(50e6) and step_two[0][1] == pytest.approx(50e6)
-    # inside a site the route stays in the node (no detour through the per-GPU WAN-rate link)
+
+def _pipelined_s(topo, plan, pipe=None):
+    from simulator.collectives import simulate_plan
     from simulator.network import Routes
 
+    return max(e for _, e in simulate_plan(Routes(topo), plan, "pipelined", pipeline=pipe).values())
+
+
+def _all_reduce(groups, size_bytes):
+    from hdc.plan import Plan
+
+    plan = Plan(numel=size_bytes // 4, element_size=4)
+    plan.add("all_reduce", groups, [(0, size_bytes // 4)] * len(groups))
+    return plan
+
+
+@pytest.mark.parametrize("size, expected_s", [
+    # gloo cuts each rank's half into >= 2 segments and posts 2 at once; a segment leaves when
+    # the receiver's ready notice has crossed (L), is serialized (s), then crosses (L).
+    # 4 KiB: 4 segments of 1 KiB, s = 10.24 us: per half 2L + 2s, two halves
+    (4 << 10, 2 * (2 * 0.01 + 2 * 1024 / 1e8)),
+    # 2 MiB: segments of 512 KiB, s = 5.24 ms: still 2 per half
+    (2 << 20, 2 * (2 * 0.01 + 2 * (512 << 10) / 1e8)),
+    # 8 MiB: 4 segments of 1 MiB per half, s = 10.49 ms < 2L: latency-bound, segments 2 and 3
+    # wait for the notices sent when 0 and 1 arrived: per half 4L + 3s (not 4 x (2L + s))
+    (8 << 20, 2 * (4 * 0.01 + 3 * (1 << 20) / 1e8)),
+])
+def test_pipelined_two_rank_all_reduce_hand_computed(size, expected_s):
+    assert _pipelined_s(_wan_pair(), _all_reduce([(0, 1)], size)) == pytest.approx(expected_s, rel=1e-9)
+
+
+def test_pipelined_bandwidth_bound_keeps_the_wire_busy():
+    # s = 10.49 ms > 2L = 2 ms: the notice for segment 2 is back before segment 1 has left, so
+    # the connection streams: per half 2L + 4s (one TCP stream: its segments leave in turn)
+    topo = _wan_pair(one_way_s=0.001)
+    expected = 2 * (2 * 0.001 + 4 * (1 << 20) / 1e8)
+    assert _pipelined_s(topo, _all_reduce([(0, 1)], 8 << 20)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_pipelined_ring_beats_synchronous_rounds_and_groups_share_the_wan():
+    from hdc.strategies import make_strategy
+
+    # flat ring over 2 sites x 2 ranks, 1 ms, 1 Gbit/s, 1 MiB: 6 synchronous rounds, each
+    # paying the rendezvous, would cost 6 x (2L + 256 KiB / B) = 24.6 ms; gloo's 128 KiB
+    # segments, 2 in flight, cost 3 x (2L + s) + s per half: 20.4 ms (measured: 19.9 ms)
+    topo = _wan_pair(one_way_s=0.001, rate_Bps=125e6, ranks_per_site=2)
+    plan = make_strategy("flat_ring").plan(topo, None, (1 << 20) // 4, 4)
+    s = (128 << 10) / 125e6
+    assert _pipelined_s(topo, plan) == pytest.approx(2 * (3 * (0.002 + s) + s), rel=1e-6)
+    assert _pipelined_s(topo, plan) < 0.85 * 6 * (0.002 + (256 << 10) / 125e6)
+    # two 2-rank groups across the same WAN: their segments share the link, s doubles
+    one = _pipelined_s(topo, _all_reduce([(0, 2)], 8 << 20))
+    two = _pipelined_s(topo, _all_reduce([(0, 2), (1, 3)], 8 << 20))
+    seg = (1 << 20) / 125e6
+    assert one == pytest.approx(2 * (2 * 0.001 + 4 * seg), rel=1e-6)
+    assert two == pytest.approx(2 * (2 * 0.001 + 4 * 2 * seg), rel=1e-6)
+
+
+def test_call_overhead_is_paid_once_per_step():
+    from hdc.plan import Plan
+    from simulator.collectives import Pipeline
+
+    topo = _wan_pair()
+    plan = Plan(numel=1024, element_size=4)
+    rs = plan.add("reduce_scatter", [(0, 1)], [(0, 1024)])
+    plan.add("all_gather", [(0, 1)], [(0, 1024)], deps=(rs.id,))
+    bare = _pipelined_s(topo, plan)
+    assert bare == pytest.approx(2 * (2 * 0.01 + 2 * 1024 / 1e8), rel=1e-9)  # per step: 2 segments of 1 KiB
+    assert _pipelined_s(topo, plan, Pipeline(call_overhead_s=0.003)) == pytest.approx(bare + 0.006, rel=1e-9)
+
+
+def test_pipeline_shape_follows_gloo_segmenting():
+    from simulator.collectives import Pipeline, pipeline_shape
+
+    g = Pipeline()
+    assert pipeline_shape("all_reduce", 4, (1 << 20) // 4, 4, g) == (2, 6, 128 << 10)  # 8 segments, 2 per rank
+    assert pipeline_shape("all_reduce", 2, (64 << 20) // 4, 4, g) == (2, 32, 1 << 20)  # 1 MiB segments
+    phases, count, seg = pipeline_shape("all_reduce", 3, (64 << 20) // 4, 4, g)  # gloo: 66 segments, 22 a rank
+    assert (phases, count) == (2, 2 * 22) and seg == pytest.approx((64 << 20) / 66, rel=1e-5)
+    assert pipeline_shape("reduce_scatter", 2, 1024, 4, g) == (1, 2, 1024)
+    assert pipeline_shape("send_recv", 2, 1024, 4, g) == (1, 1, 4096)
+
+
+def test_fit_recovers_the_constants_it_was_given():
+    """Probe medians made by the model itself from known constants come back out of `fit`."""
+    topo = specmod.with_wan(load_topology("tiny-3site"), one_way_s=0.01, bandwidth_Bps=125e6)
+    truth = calibrate.Calibration(call_overhead_s=0.002, local_latency_s=3e-4, local_Bps=6e8, wan_efficiency=0.8)
+    calib = {}
+    for name, (pairs, sizes, ops) in calibrate.probe_specs(topo).items():
+        times = [calibrate._simulate(topo, truth, calibrate.probe_plan(name, pairs, n, ops)) for n in sizes]
+        calib[name] = {"sizes_bytes": list(sizes), "median_s": times, "ops": list(ops)}
+    got = calibrate.fit(topo, calib)
+    assert got.call_overhead_s == pytest.approx(truth.call_overhead_s, rel=1e-3)
+    assert got.local_latency_s == pytest.approx(truth.local_latency_s, rel=1e-2)
+    assert got.wan_efficiency == pytest.approx(truth.wan_efficiency, rel=1e-3)
+    # the local rate: slope of the two largest sizes, where loopback is not latency-bound
+    assert got.local_Bps == pytest.approx(truth.local_Bps, rel=0.02)
+
+
+def test_model_topology_keeps_the_configured_wan_and_takes_the_local_constants():
+    from simulator.network import Routes
+
+    topo = specmod.with_wan(load_topology("tiny-2site"), one_way_s=0.01, bandwidth_Bps=125e6)
+    c = calibrate.Calibration(call_overhead_s=0.002, local_latency_s=2e-4, local_Bps=1e9, wan_efficiency=0.9)
+    m, pipe = calibrate.model_for(topo, c)
+    assert m.path_latency_s(0, 2) == pytest.approx(0.01, abs=1e-9)  # the delay line's delay, end to end
+    assert m.path_latency_s(0, 1) == pytest.approx(2e-4)
+    assert m.wan[0].bandwidth_Bps == pytest.approx(0.9 * 125e6)
+    assert m.sites[1].intra_node.bandwidth_Bps == pytest.approx(1e9)
+    assert pipe.call_overhead_s == pytest.approx(0.002) and pipe.window == 2 and pipe.rendezvous
+    # inside a site the route stays in the node
     assert all(link[1].endswith("/nvs") or link[0].endswith("/nvs") for link in Routes(m).path(0, 1))
+
+
+def test_recompute_from_a_raw_file_prints_before_and_after(tmp_path, capsys):
+    """The loop used to improve the model: raw measurements in, new predictions out."""
+    import csv
+    import json
+
+    topo = specmod.with_ranks_per_site(specmod.with_wan(load_topology("tiny-2site"), one_way_s=0.005,
+                                                        bandwidth_Bps=125e6), 2)
+    truth = calibrate.Calibration(0.002, 1e-4, 6e8, 1.0)
+    calib = {}
+    for name, (pairs, sizes, ops) in calibrate.probe_specs(topo).items():
+        times = [calibrate._simulate(topo, truth, calibrate.probe_plan(name, pairs, n, ops)) for n in sizes]
+        calib[name] = {"sizes_bytes": list(sizes), "median_s": times, "alpha_s": 0.011, "bandwidth_Bps": 1e8,
+                       "pairs": len(pairs), "aggregate_Bps": 1e8 * len(pairs)}  # no "ops": an older raw file
+    res = {"calibration": calib, "executor": "test", "results": [
+        {"strategy": s, "chunks": 4, "size_bytes": 1 << 20, "times_s": [0.05, 0.051, 0.049]}
+        for s in ("flat_ring", "hierarchical")]}
+    raw = tmp_path / "v.csv.raw.jsonl"
+    raw.write_text(json.dumps({"config": "2x2 5ms 1000M", "topology": specmod.topology_to_data(topo),
+                               "result": res}) + "\n")
+    base = tmp_path / "before.csv"
+    validate.write_csv([dict(r, predicted_ms=100.0, error_pct=100.0)
+                        for r in validate.rows_for("2x2 5ms 1000M", topo, res)], str(base))
+    out = tmp_path / "after.csv"
+    assert validate.recompute([str(raw)], str(out), [str(base)]) == 0
+    text = capsys.readouterr().out
+    assert "before (" in text and "median |error| 100.0%" in text and "after (" in text
+    rows = list(csv.DictReader(out.open()))
+    assert [r["strategy"] for r in rows] == ["flat_ring", "hierarchical"]
+    assert all(float(r["calib_call_overhead_ms"]) == pytest.approx(2.0, rel=1e-3) for r in rows)
 
 
 def test_summary_counts_ranking_mismatches_and_ratios():

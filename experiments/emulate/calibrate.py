@@ -1,38 +1,45 @@
 """The calibration probe: what the topology cannot know, measured before validating.
 
 A topology gives the WAN's configured one-way delay and bandwidth. What a real collective
-sees on top of that is this machine's: gloo's per-message cost, the delay line's own latency,
-TCP's effective throughput over a long-RTT path (window, pacing, the delay line's CPU), and
-loopback speed between ranks of one site while the other sites run too.
+sees on top of that is this machine's: the cost of one collective call (issuing it, waking
+the ranks, noticing it finished), how fast two ranks of one site exchange data over loopback
+while every site does (copies and reductions on 2 shared cores), and how much of the shaped
+WAN rate a transfer really gets.
 
-The probe times 2-rank all-reduces (2 rounds of n/2 bytes each way) at a few sizes:
-  local  - two ranks of each site, every site at once (what a site's reduce-scatter sees)
-  wan    - rank 0 of site 0 with rank 0 of site 1, alone on the WAN
-and fits, per path, t(n) = 2·(α + (n/2)/B): B from the two largest sizes, α from the smallest.
-The model's topology then gets intra-node = (α_local, B_local), cross-site one-way latency
-α_wan, and B_wan as the rate of ONE connection (the per-GPU link out of the site: gloo keeps a
-bounded amount in flight per connection, so over a long RTT one connection stays below the
-link while two can fill it); the WAN link keeps its configured capacity. The same constants
-serve every strategy and size of the config: nothing is fitted to the collectives validated.
+The probe times 2-rank all-reduces through the real executor, each the median of 7 after a
+warm-up:
+  local    - every site's first two ranks at once, 4 KiB, 1 MiB and 16 MiB
+  wan      - rank 0 of site 0 with rank 0 of site 1, alone: 4 KiB and two sizes scaled to
+             the WAN rate
+  wan_all  - every rank-j pair between sites 0 and 1 at once (a check: not used by the model)
+
+`fit` turns the medians into the model's constants (`Calibration`) by running the probe's own
+plans through the model that predicts the validated plans — the simulator's `pipelined` mode
+with gloo's ring (`simulator.collectives.Pipeline`) on the topology of `model_for`. gloo's
+segments, window and rendezvous need no constant: they are the algorithm (gloo/allreduce.cc).
+The same constants serve every strategy and size of the config; nothing is fitted to the
+collectives being validated.
 """
 from __future__ import annotations
 
 import math
 import statistics
-
+from dataclasses import dataclass, replace
 
 from hdc.plan import Plan
 from hdc.topology import Topology
 from experiments.emulate.spec import with_tiers
+from simulator.collectives import Pipeline
 
 LOCAL_SIZES_BYTES = (4 << 10, 1 << 20, 16 << 20)
+PROBE_OPS = ("all_reduce",)
 PROBE_WAN_SECONDS = 0.12  # the largest WAN probe moves ~this long at the configured rate...
 WAN_MAX_BYTES = (4 << 20, 32 << 20)  # ...within these bounds: large enough to meet the TCP window
 
 
 def wan_sizes_bytes(topology: Topology) -> tuple[int, int, int]:
     """4 KiB (latency), and a medium and a large all-reduce scaled to the WAN's bandwidth, so
-    the large one runs long enough for TCP's window over the long RTT to limit it."""
+    the large one runs long enough for gloo's window over the long RTT to limit it."""
     from experiments.emulate.spec import wan_pair
 
     _, bw_Bps = wan_pair(topology, 0, 1)
@@ -48,28 +55,37 @@ def probe_pairs(topology: Topology) -> tuple[list[tuple[int, int]], tuple[int, i
     return local, (a[0], b[0]), list(zip(a, b))
 
 
-def probe_plans(topology: Topology) -> dict[str, list[Plan]]:
-    """The probe's plans: one all-reduce step per size, labelled so they get their own groups."""
+def probe_plan(name: str, pairs, size_bytes: int, ops=PROBE_OPS) -> Plan:
+    """One probe case: `ops` in sequence over `pairs` at once, labelled so they get their own groups."""
+    numel = size_bytes // 4
+    plan = Plan(numel=numel, element_size=4, strategy=f"probe-{name}",
+                ranks=tuple(sorted(r for p in pairs for r in p)))
+    prev: list[int] = []
+    for op in ops:
+        step = plan.add(op, pairs, [(0, numel)] * len(pairs), deps=tuple(prev), label=f"probe-{name}")
+        prev = [step.id]
+    return plan
+
+
+def probe_specs(topology: Topology) -> dict[str, tuple[list, tuple[int, ...], tuple[str, ...]]]:
+    """name -> (pairs, sizes, ops) of every probe this topology gets."""
     local, wan, wan_all = probe_pairs(topology)
-    out: dict[str, list[Plan]] = {"local": [], "wan": [], "wan_all": []}
     wsizes = wan_sizes_bytes(topology)
-    for name, pairs, sizes in (("local", local, LOCAL_SIZES_BYTES), ("wan", [wan], wsizes),
-                               ("wan_all", wan_all if len(wan_all) > 1 else [], wsizes)):
-        if not pairs:
-            continue
-        for size in sizes:
-            numel = size // 4
-            plan = Plan(numel=numel, element_size=4, strategy=f"probe-{name}",
-                        ranks=tuple(sorted(r for p in pairs for r in p)))
-            plan.add("all_reduce", pairs, [(0, numel)] * len(pairs), label=f"probe-{name}")
-            out[name].append(plan)
-    return out
+    out = {"local": (local, LOCAL_SIZES_BYTES, PROBE_OPS), "wan": ([wan], wsizes, PROBE_OPS),
+           "wan_all": (wan_all if len(wan_all) > 1 else [], wsizes, PROBE_OPS)}
+    return {k: v for k, v in out.items() if v[0]}
+
+
+def probe_plans(topology: Topology) -> dict[str, list[Plan]]:
+    """The probe's plans, in the order the ranks run them."""
+    return {name: [probe_plan(name, pairs, size, ops) for size in sizes]
+            for name, (pairs, sizes, ops) in probe_specs(topology).items()}
 
 
 def fit_alpha_beta(sizes_bytes, times_s) -> tuple[float, float]:
-    """(α s, B Bps) of t = 2·(α + (n/2)/B) = 2α + n/B, a 2-rank ring all-reduce of n bytes.
-    B is the marginal rate between the two largest sizes (what long messages see: TCP and
-    gloo's pipelining over the RTT); α is what the smallest size leaves after n/B."""
+    """(α s, B Bps) of t = 2α + n/B, a 2-rank all-reduce of n bytes (two rounds of n/2). B is
+    the marginal rate between the two largest sizes; α is what the smallest size leaves after
+    n/B. The local B is the model's local rate; the rest is descriptive (CSV, log)."""
     (n0, t0), (n1, t1), (n2, t2) = sorted(zip(sizes_bytes, times_s))[:1] + sorted(zip(sizes_bytes, times_s))[-2:]
     bw = (n2 - n1) / (t2 - t1) if t2 > t1 else float("inf")
     alpha = (t0 - n0 / bw) / 2
@@ -78,7 +94,7 @@ def fit_alpha_beta(sizes_bytes, times_s) -> tuple[float, float]:
 
 def run_probe(topology: Topology, plans: dict[str, list[Plan]], measure, repeats: int = 5) -> dict:
     """Rank side: `measure(plan) -> seconds` (every rank calls it for every plan, same order).
-    Returns the medians and the fitted constants (same on every rank)."""
+    Returns per probe the sizes, ops, medians and the descriptive 2α + n/B fit (same on every rank)."""
     out = {}
     for name, plist in plans.items():
         if not plist:
@@ -91,31 +107,99 @@ def run_probe(topology: Topology, plans: dict[str, list[Plan]], measure, repeats
             med.append(statistics.median(ts))
         alpha, bw = fit_alpha_beta(sizes, med)
         pairs = len(plist[0].steps[0].groups)
-        out[name] = {"sizes_bytes": sizes, "median_s": med, "alpha_s": alpha, "bandwidth_Bps": bw,
-                     "pairs": pairs, "aggregate_Bps": bw * pairs}
+        out[name] = {"sizes_bytes": sizes, "median_s": med, "ops": [s.op for s in plist[0].steps],
+                     "alpha_s": alpha, "bandwidth_Bps": bw, "pairs": pairs, "aggregate_Bps": bw * pairs}
     return out
 
 
-def calibrated_topology(topology: Topology, calib: dict) -> Topology:
-    """The topology with the probe's constants: what the model predicts from."""
+@dataclass(frozen=True)
+class Calibration:
+    """The model's constants for one emulated config, derived from the probe's medians by
+    running the probe's own plans through the same model (`model_for`) that predicts the
+    validated plans: nothing is fitted to those."""
+    call_overhead_s: float  # fixed cost of one collective call: issuing it, waking the ranks, noticing it finished
+    local_latency_s: float  # one-way latency between two ranks of a site, beyond the call overhead
+    local_Bps: float  # rate between two ranks of a site, every site's pair at once (loopback + CPU)
+    wan_efficiency: float  # fraction of the configured WAN rate the largest WAN probe reaches (<= 1)
+
+
+def model_for(topology: Topology, c: Calibration) -> tuple[Topology, Pipeline]:
+    """(the topology the simulator predicts on, the pipeline of its `pipelined` mode).
+    Every WAN path keeps its configured one-way delay (the delay line holds each packet that
+    long; its own lateness is 40-100 us) and its configured rate × wan_efficiency; ranks of a
+    site talk at (local_latency_s, local_Bps); each collective call costs call_overhead_s;
+    gloo's ring (segments, window, rendezvous) is `Pipeline`'s defaults."""
+    from experiments.emulate.spec import wan_pair
+
+    cross = {}
+    for w in topology.wan:
+        a, b = (topology.site_index(n) for n in w.sites)
+        cross[tuple(w.sites)] = wan_pair(topology, a, b)[0]
+    topo = with_tiers(topology, node=(c.local_latency_s, c.local_Bps), cross_site_s=cross,
+                      wan_share=c.wan_efficiency, name_suffix="+calibrated")
+    return topo, Pipeline(call_overhead_s=c.call_overhead_s)
+
+
+def _simulate(topology: Topology, c: Calibration, plan: Plan) -> float:
+    from simulator.collectives import simulate_plan
+    from simulator.network import Routes
+
+    topo, pipe = model_for(topology, c)
+    times = simulate_plan(Routes(topo), plan, "pipelined", pipeline=pipe)
+    return max((end for _, end in times.values()), default=0.0)
+
+
+def fit(topology: Topology, calib: dict) -> Calibration:
+    """The model's constants from the probe's medians (`run_probe`'s result):
+    1. local_Bps: slope of the local probe's two largest sizes (loopback is never latency-bound);
+    2. call_overhead_s: the smallest WAN probe's time minus the model's time for it (the
+       configured delay, twice per message: gloo's rendezvous);
+    3. local_latency_s: what the smallest local probe leaves after the call overhead, over the
+       model's sensitivity to that latency;
+    4. wan_efficiency: the configured WAN rate is scaled down (never up) until the model's time
+       for the largest WAN probe reaches the measured one.
+    2-4 depend on each other a little (a slower WAN lengthens the 4 KiB probe too): three passes."""
+    specs = probe_specs(topology)
+
+    def plans(name: str) -> dict[int, Plan]:  # as the probe ran them (older raw files: all-reduce)
+        ops = tuple(calib[name].get("ops", PROBE_OPS))
+        return {n: probe_plan(name, specs[name][0], n, ops) for n in calib[name]["sizes_bytes"]}
+
+    def measured(name: str) -> dict[int, float]:
+        return dict(zip(calib[name]["sizes_bytes"], calib[name]["median_s"]))
+
     if "local" in calib:
-        node = (calib["local"]["alpha_s"], calib["local"]["bandwidth_Bps"])
+        local_Bps = fit_alpha_beta(calib["local"]["sizes_bytes"], calib["local"]["median_s"])[1]
     else:  # one rank per site: no intra-site steps, keep the file's numbers
-        s = topology.sites[0]
-        node = (s.intra_node.latency_s, s.intra_node.bandwidth_Bps)
-    extra_s, flow_Bps = wan_excess(topology, calib["wan"])
-    share = wan_share(topology, calib)
-    # every WAN link: its configured one-way delay + what the probe found beyond it on the
-    # probed path (gloo's rendezvous, the delay line); one connection reaches flow_Bps (the
-    # per-GPU link); all of a site's connections at once reach `share` of the link's capacity.
-    cross = {tuple(w.sites): w.one_way_s + extra_s for w in topology.wan}
-    return with_tiers(topology, node=node, nic_Bps=flow_Bps, cross_site_s=cross, wan_share=share,
-                      name_suffix="+calibrated")
+        local_Bps = topology.sites[0].intra_node.bandwidth_Bps
+    c = Calibration(0.0, 0.0, local_Bps, 1.0)
+    wan_t, wan_plans = measured("wan"), plans("wan")
+    small, big = min(wan_t), max(wan_t)
+    for _ in range(3):
+        bare = _simulate(topology, replace(c, call_overhead_s=0.0), wan_plans[small])
+        c = replace(c, call_overhead_s=max(wan_t[small] - bare, 0.0))
+        if "local" in calib:
+            loc_t = measured("local")
+            loc_plan = plans("local")[min(loc_t)]
+            t0 = _simulate(topology, replace(c, local_latency_s=0.0), loc_plan)
+            per_s = (_simulate(topology, replace(c, local_latency_s=1e-3), loc_plan) - t0) / 1e-3
+            c = replace(c, local_latency_s=max((loc_t[min(loc_t)] - t0) / per_s, 0.0))
+        lo, hi = 0.25, 1.0  # efficiency: the model's time falls as it rises
+        if _simulate(topology, replace(c, wan_efficiency=hi), wan_plans[big]) < wan_t[big]:
+            for _ in range(30):
+                mid = (lo + hi) / 2
+                if _simulate(topology, replace(c, wan_efficiency=mid), wan_plans[big]) > wan_t[big]:
+                    lo = mid
+                else:
+                    hi = mid
+        c = replace(c, wan_efficiency=hi)
+    return c
 
 
 def wan_share(topology: Topology, calib: dict) -> float:
     """Fraction of the configured WAN capacity that every rank pair between two sites reaches
-    together (wan_all probe; 1 when there is one rank per site)."""
+    together (wan_all probe; 1 when there is one rank per site). Descriptive: the model does
+    not use it (gloo's window limits each connection, see Pipeline)."""
     from experiments.emulate.spec import wan_pair
 
     if "wan_all" not in calib:
@@ -126,7 +210,7 @@ def wan_share(topology: Topology, calib: dict) -> float:
 
 def wan_excess(topology: Topology, wan: dict) -> tuple[float, float]:
     """(latency beyond the configured one-way delay, the rate one connection reaches — at most
-    the configured bandwidth) of the probed WAN path."""
+    the configured bandwidth) of the probed WAN path, by the 2-round fit. Descriptive."""
     from experiments.emulate.spec import wan_pair
 
     one_way_s, bw_Bps = wan_pair(topology, 0, 1)

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="For each (strategy, size): time the real executor's sync under emulation "
                                    "(median and spread over repeats, warm-up excluded), the simulator's "
                                    "prediction from calibrated constants, and the alpha-beta bound; CSV out.")
-    _topology_args(v, required=True, sweep=True)
+    _topology_args(v, required=False, sweep=True)  # required unless --recompute
     add_validate_args(v)
     v.set_defaults(handler=_validate)
 

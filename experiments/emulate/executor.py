@@ -2,8 +2,9 @@
 
 Validation is about THE executor and THE simulator, so both are taken from their packages
 when importable — `trainer.dist.executor.PlanExecutor` and `simulator.collectives.simulate_plan`
-— with this package's small stand-ins (`runner.run_plan`, `hdc.cost.plan_time_s`) only as a
-fallback. HDC_EMULATE_EXECUTOR=own forces the stand-in executor (to compare the two).
+(its `pipelined` mode: what gloo's ring sends) — with this package's small stand-ins
+(`runner.run_plan`, `hdc.cost.plan_time_s`) only as a fallback. HDC_EMULATE_EXECUTOR=own
+forces the stand-in executor (to compare the two).
 """
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ def executor_for(topology: Topology, plans: list[Plan], rank: int, world: int) -
     return Executor("experiments.emulate.runner.run_plan", lambda p, buf: run_plan(p, buf, groups, rank))
 
 
-def predict_s(topology: Topology, plan: Plan) -> tuple[float, str]:
-    """(predicted time of the plan run alone, which model gave it)."""
+def predict_s(topology: Topology, plan: Plan, pipeline=None) -> tuple[float, str]:
+    """(predicted time of the plan run alone, which model gave it): the simulator's
+    `pipelined` mode with `pipeline` (a simulator.collectives.Pipeline: gloo's ring when None)."""
     try:
         from simulator.collectives import simulate_plan
         from simulator.network import Routes
@@ -52,5 +54,5 @@ def predict_s(topology: Topology, plan: Plan) -> tuple[float, str]:
         from hdc.cost import plan_time_s
 
         return plan_time_s(topology, plan), "hdc.cost.plan_time_s"
-    times = simulate_plan(Routes(topology), plan)
-    return max((end for _, end in times.values()), default=0.0), "simulator.collectives.simulate_plan"
+    times = simulate_plan(Routes(topology), plan, "pipelined", pipeline=pipeline)
+    return max((end for _, end in times.values()), default=0.0), "simulator.collectives.simulate_plan(pipelined)"

@@ -4,9 +4,11 @@ For each config (topology × one-way delay × bandwidth) it brings the sites up,
 worker per rank (experiments.emulate.worker) that first runs the calibration probe
 (calibrate.py) and then times every (strategy, size) case with the real executor; it tears
 the sites down (also on Ctrl-C or an error) and sets beside each measured median:
-  predicted  - the simulator on the topology with the probe's constants (calibrated_topology)
+  predicted  - the simulator's `pipelined` mode (gloo's ring: segments, window, rendezvous) on
+               the topology with the probe's constants (calibrate.fit / calibrate.model_for)
   bound      - hdc.cost's alpha-beta time on the topology as written (no calibration)
-Rows go to a CSV as each config finishes; the table and a summary are printed.
+Rows go to a CSV as each config finishes, the raw measurements to <out>.raw.jsonl; the table
+and a summary are printed. `--recompute RAW...` redoes the predictions from raw files alone.
 """
 from __future__ import annotations
 
@@ -34,13 +36,22 @@ from experiments.emulate.spec import build_spec, topology_to_data, wan_pair, wri
 # slow start (documented in docs/emulation.md with the numbers either way).
 VALIDATE_SYSCTL = {"net.ipv4.tcp_slow_start_after_idle": "0"}
 
+# Freed memory stays in the rank for reuse, as a training loop's caching allocator keeps it:
+# glibc otherwise unmaps every block over its mmap threshold (at most 32 MiB) on free, and the
+# executor's reduce-scatter/all-gather scratch (p x shard bytes) is allocated per call, so at
+# 64 MiB every call page-faults its buffers afresh — 1.1-1.8 GB/s on this VM against 9-12 GB/s
+# for reused memory, with 4-6 ranks faulting on 2 cores (docs/emulation.md). `--allocator default`
+# measures with glibc's defaults.
+ALLOCATOR_ENV = {"reuse": {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)},
+                 "default": {}}
+
 TIE_PCT = 5.0  # strategies measured closer than this are a tie for the ranking check
 
 COLUMNS = ["config", "sites", "ranks_per_site", "one_way_ms", "bandwidth_Mbps", "strategy", "size_MiB",
            "repeats", "measured_median_ms", "measured_min_ms", "measured_max_ms", "spread_pct",
            "predicted_ms", "error_pct", "alpha_beta_bound_ms", "measured_over_bound", "model", "executor",
-           "calib_local_alpha_us", "calib_local_MBps", "calib_wan_alpha_ms", "calib_wan_extra_ms",
-           "calib_wan_flow_Mbps", "calib_wan_share"]
+           "calib_call_overhead_ms", "calib_local_latency_us", "calib_local_MBps", "calib_wan_efficiency",
+           "probe_wan_alpha_ms", "probe_wan_extra_ms", "probe_wan_flow_Mbps", "probe_wan_share"]
 
 
 def add_validate_args(p: argparse.ArgumentParser) -> None:
@@ -52,13 +63,20 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunks", type=int, default=4, help="chunks of 'chunked' (default 4, inner hierarchical)")
     p.add_argument("--max-case-s", type=float, default=2.5,
                    help="skip a size whose alpha-beta bound exceeds this for some strategy (keeps sweeps short)")
+    p.add_argument("--allocator", choices=sorted(ALLOCATOR_ENV), default="reuse",
+                   help="reuse (default): ranks keep freed memory for reuse, as a training loop does; "
+                        "default: glibc's defaults (large scratch buffers page-fault on every call)")
     p.add_argument("--out", default="out/validate.csv", help="CSV written as configs finish")
     p.add_argument("--timeout-s", type=float, default=900.0, help="limit per config")
     p.add_argument("--keep-results", default=None, metavar="JSON",
                    help="also keep the last config's raw worker results (times, calibration, rank 0's spans)")
-    p.add_argument("--recompute", default=None, metavar="RAW.jsonl",
-                   help="measure nothing: recompute predictions and bounds from a raw file an earlier run "
-                        "wrote next to its CSV (<out>.raw.jsonl), e.g. after the simulator changed")
+    p.add_argument("--recompute", default=None, nargs="+", metavar="RAW.jsonl",
+                   help="measure nothing: recompute predictions and bounds from raw files earlier runs "
+                        "wrote next to their CSV (<out>.raw.jsonl), e.g. after the simulator changed; "
+                        "no root, no --topology needed")
+    p.add_argument("--baseline", default=None, nargs="+", metavar="CSV",
+                   help="with --recompute: CSVs whose predictions to summarize beside the new ones "
+                        "(read before --out is written, so --out itself may be one)")
 
 
 def _cases(topo: Topology, strategies: list[str], sizes: list[int], chunks: int, max_case_s: float):
@@ -89,7 +107,8 @@ def measure_config(topo: Topology, cases: list[dict], args, workdir: str) -> dic
         spec.extra["topology_file"] = topo_file
         with open(log_path, "ab") as log:
             procs = launch.start_ranks(spec, [sys.executable, "-m", "experiments.emulate.worker", "--job", job_file],
-                                       topo_file, stdout=log, stderr=log)
+                                       topo_file, stdout=log, stderr=log,
+                                       extra_env=ALLOCATOR_ENV[getattr(args, "allocator", "reuse")])
             rc = launch.wait_ranks(procs, args.timeout_s)
     finally:
         netns.down(args.prefix, quiet=True)
@@ -106,7 +125,8 @@ def measure_config(topo: Topology, cases: list[dict], args, workdir: str) -> dic
 
 def rows_for(config: str, topo: Topology, res: dict) -> list[dict]:
     calib = res["calibration"]
-    model_topo = calibrate.calibrated_topology(topo, calib)
+    constants = calibrate.fit(topo, calib)
+    model_topo, pipeline = calibrate.model_for(topo, constants)
     extra_s, flow_Bps = calibrate.wan_excess(topo, calib["wan"])
     one_way_s, bw = wan_pair(topo, 0, 1)
     rows = []
@@ -114,7 +134,7 @@ def rows_for(config: str, topo: Topology, res: dict) -> list[dict]:
         strat = make_strategy(r["strategy"], chunks=r["chunks"])
         plan_model = strat.plan(model_topo, None, r["size_bytes"] // 4, 4)
         plan_nominal = strat.plan(topo, None, r["size_bytes"] // 4, 4)
-        pred, model = predict_s(model_topo, plan_model)
+        pred, model = predict_s(model_topo, plan_model, pipeline)
         bound = cost.plan_time_s(topo, plan_nominal)
         ts = r["times_s"]
         med = statistics.median(ts)
@@ -128,10 +148,12 @@ def rows_for(config: str, topo: Topology, res: dict) -> list[dict]:
             "error_pct": (pred - med) / med * 100, "alpha_beta_bound_ms": bound * 1e3,
             "measured_over_bound": med / bound if bound > 0 else float("nan"), "model": model,
             "executor": res["executor"],
-            "calib_local_alpha_us": calib.get("local", {}).get("alpha_s", float("nan")) * 1e6,
-            "calib_local_MBps": calib.get("local", {}).get("bandwidth_Bps", float("nan")) / 1e6,
-            "calib_wan_alpha_ms": calib["wan"]["alpha_s"] * 1e3, "calib_wan_extra_ms": extra_s * 1e3,
-            "calib_wan_flow_Mbps": flow_Bps * 8 / 1e6, "calib_wan_share": calibrate.wan_share(topo, calib)})
+            "calib_call_overhead_ms": constants.call_overhead_s * 1e3,
+            "calib_local_latency_us": constants.local_latency_s * 1e6,
+            "calib_local_MBps": constants.local_Bps / 1e6,
+            "calib_wan_efficiency": constants.wan_efficiency,
+            "probe_wan_alpha_ms": calib["wan"]["alpha_s"] * 1e3, "probe_wan_extra_ms": extra_s * 1e3,
+            "probe_wan_flow_Mbps": flow_Bps * 8 / 1e6, "probe_wan_share": calibrate.wan_share(topo, calib)})
     return rows
 
 
@@ -162,8 +184,12 @@ def print_table(rows: list[dict], file=sys.stdout) -> None:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Median/worst |error|, ranking agreement per (config, size), flat/hierarchical ratios."""
+    """Median/worst |error|, share within 10/25%, median signed error by strategy, ranking
+    agreement per (config, size), flat/hierarchical ratios."""
     errs = [abs(r["error_pct"]) for r in rows]
+    signed: dict = {}
+    for r in rows:
+        signed.setdefault(r["strategy"], []).append(r["error_pct"])
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["config"], r["size_MiB"]), []).append(r)
@@ -184,16 +210,27 @@ def summarize(rows: list[dict]) -> dict:
         if "flat_ring" in by and "hierarchical" in by:
             ratios.append((config, size, by["flat_ring"]["measured_median_ms"] / by["hierarchical"]["measured_median_ms"],
                            by["flat_ring"]["predicted_ms"] / by["hierarchical"]["predicted_ms"]))
+    share = (lambda lim: sum(e <= lim for e in errs) / len(errs) * 100) if errs else (lambda lim: float("nan"))
     return {"cases": len(rows), "median_abs_error_pct": statistics.median(errs) if errs else float("nan"),
-            "worst_abs_error_pct": max(errs, default=float("nan")), "rankings": len(groups),
-            "ranking_mismatches": mismatches, "ranking_ties": ties, "flat_over_hierarchical": ratios}
+            "worst_abs_error_pct": max(errs, default=float("nan")),
+            "within_10_pct": share(10), "within_25_pct": share(25),
+            "median_error_by_strategy": {k: statistics.median(v) for k, v in signed.items()},
+            "rankings": len(groups), "ranking_mismatches": mismatches, "ranking_ties": ties,
+            "flat_over_hierarchical": ratios}
+
+
+def summary_line(s: dict) -> str:
+    exact = s["rankings"] - len(s["ranking_mismatches"]) - len(s["ranking_ties"])
+    by = ", ".join(f"{k} {v:+.1f}%" for k, v in s["median_error_by_strategy"].items())
+    return (f"{s['cases']} cases: median |error| {s['median_abs_error_pct']:.1f}%, worst {s['worst_abs_error_pct']:.1f}%, "
+            f"within 10%: {s['within_10_pct']:.0f}%, within 25%: {s['within_25_pct']:.0f}%; strategy ranking: "
+            f"{exact}/{s['rankings']} (config, size) identical, {len(s['ranking_ties'])} differ only between "
+            f"strategies measured within {TIE_PCT:g}% of each other, {len(s['ranking_mismatches'])} differ; "
+            f"median error by strategy: {by}")
 
 
 def print_summary(s: dict) -> None:
-    exact = s["rankings"] - len(s["ranking_mismatches"]) - len(s["ranking_ties"])
-    print(f"\n{s['cases']} cases: median |error| {s['median_abs_error_pct']:.1f}%, worst {s['worst_abs_error_pct']:.1f}%; "
-          f"strategy ranking: {exact}/{s['rankings']} (config, size) identical, {len(s['ranking_ties'])} differ only "
-          f"between strategies measured within {TIE_PCT:g}% of each other, {len(s['ranking_mismatches'])} differ")
+    print("\n" + summary_line(s))
     for m in s["ranking_ties"]:
         print(f"  tie: {m}")
     for m in s["ranking_mismatches"]:
@@ -202,20 +239,42 @@ def print_summary(s: dict) -> None:
         print(f"  flat_ring / hierarchical at {config} {size:g} MiB: measured {meas:.2f}x, predicted {pred:.2f}x")
 
 
-def recompute(raw_path: str, out: str) -> int:
-    """Rows from saved measurements with today's model (no root, no measuring)."""
+def read_csv(path: str) -> list[dict]:
+    """Rows of a CSV this module wrote, numbers as floats (what `summarize` needs)."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as e:
+        raise UserError(f"--baseline: {e.strerror}: {path}") from None
+    for r in rows:
+        for k in ("size_MiB", "measured_median_ms", "predicted_ms", "error_pct"):
+            r[k] = float(r[k])
+    return rows
+
+
+def recompute(raw_paths: list[str], out: str, baseline: list[str] | None = None) -> int:
+    """Rows from saved measurements with today's model (no root, no measuring). With
+    `baseline`, the same cases' predictions from those CSVs are summarized first ("before")."""
     from hdc.topology import topology_from_dict
 
+    before = [r for path in baseline or [] for r in read_csv(path)]
     rows = []
-    try:
-        with open(raw_path) as fh:
-            for line in fh:
-                rec = json.loads(line)
-                rows += rows_for(rec["config"], topology_from_dict(rec["topology"], raw_path), rec["result"])
-    except OSError as e:
-        raise UserError(f"--recompute: {e.strerror}: {raw_path}") from None
+    for raw_path in raw_paths:
+        try:
+            with open(raw_path) as fh:
+                for line in fh:
+                    rec = json.loads(line)
+                    rows += rows_for(rec["config"], topology_from_dict(rec["topology"], raw_path), rec["result"])
+        except OSError as e:
+            raise UserError(f"--recompute: {e.strerror}: {raw_path}") from None
     write_csv(rows, out)
     print_table(rows)
+    if before:
+        keys = {(r["config"], r["strategy"], r["size_MiB"]) for r in rows}
+        same = [r for r in before if (r["config"], r["strategy"], r["size_MiB"]) in keys]
+        print(f"\nbefore ({', '.join(baseline)}; model {same[0].get('model', '?') if same else '?'}):")
+        print(summary_line(summarize(same)))
+        print(f"after ({out}; model {rows[0]['model'] if rows else '?'}):", end="")
     print_summary(summarize(rows))
     return 0
 
@@ -225,7 +284,9 @@ def run_validate(args) -> int:
     from experiments.emulate.spec import check_prefix
 
     if args.recompute:
-        return recompute(args.recompute, args.out)
+        return recompute(args.recompute, args.out, args.baseline)
+    if not args.topology:
+        raise UserError("validate: --topology is required (unless --recompute)")
     netns.require_root()
     check_prefix(args.prefix)
     if os.path.exists(args.out + ".raw.jsonl"):
@@ -261,7 +322,8 @@ def run_validate(args) -> int:
                 shutil.rmtree(workdir, ignore_errors=True)
                 _print_calibration(config, topo, res["calibration"])
                 with open(args.out + ".raw.jsonl", "a") as fh:
-                    fh.write(json.dumps({"config": config, "topology": topology_to_data(topo), "result": res}) + "\n")
+                    fh.write(json.dumps({"config": config, "topology": topology_to_data(topo), "result": res,
+                                         "allocator": args.allocator}) + "\n")
                 new = rows_for(config, topo, res)
                 rows += new
                 write_csv(rows, args.out)
