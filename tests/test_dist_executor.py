@@ -2,14 +2,75 @@
 
 One spawned world per size (2, 4, 6 gloo processes on loopback, arranged as 2×1×1, 2×1×2
 and 3×1×2 sites × nodes × GPUs) runs every strategy case; the tests below read its results.
+A second 4-process world calls one executor per plan again and again (new data each call,
+as a flat buffer and as buckets) to check that reused scratch memory stays exact and that
+the executor's pool stops growing after the first calls.
 """
 import numpy as np
 import pytest
 
+from hdc.plan import Plan
 from hdc.strategies import DistributedOptimizer, Hierarchical, bucketed
 from trainer.dist.checks import SIZES, strategy_cases, topology_for_world
 
 WORLDS = (2, 4, 6)
+
+
+def inflight_plan(world: int, n: int) -> Plan:
+    """Two reduce-scatters of n elements each on different groups of every rank, independent
+    so both are in flight at once (same scratch sizes: they must not share a buffer), one over
+    pairs in reverse order (member i is not process-group rank i); their all-gathers; then an
+    all-reduce of a region straddling both halves."""
+    plan = Plan(numel=2 * n, element_size=4, strategy="inflight", ranks=tuple(range(world)))
+    pairs = [(r + 1, r) for r in range(0, world, 2)]
+    across = [(r, r + world // 2) for r in range(world // 2)]
+    a = plan.add("reduce_scatter", pairs, [(0, n)] * len(pairs), label="rs-pairs")
+    b = plan.add("reduce_scatter", across, [(n, n)] * len(across), label="rs-across")
+    c = plan.add("all_gather", pairs, [(0, n)] * len(pairs), deps=(a.id,), label="ag-pairs")
+    d = plan.add("all_gather", across, [(n, n)] * len(across), deps=(b.id,), label="ag-across")
+    plan.add("all_reduce", [tuple(range(world))], [(n // 2, n)], deps=(c.id, d.id), label="ar-middle")
+    return plan
+
+
+def repeated_calls(rank: int, world: int, sizes=(7, 1001)) -> list[dict]:
+    """Each plan on one executor, called twice over the same cycle (every train step, each as
+    a flat buffer then as three uneven buckets), new data every call; one row per call."""
+    import torch
+
+    from hdc.reference import run_plan
+    from trainer.dist.executor import PlanExecutor
+    from trainer.dist.groups import ProcessGroups
+
+    topo = topology_for_world(world)
+    groups = ProcessGroups(topo, timeout_s=60)
+    groups.build_families()
+    plans = [(name, strategy.plan(topo, None, n), steps) for name, strategy, steps in strategy_cases() for n in sizes]
+    plans += [("inflight", inflight_plan(world, n), (0,)) for n in sizes]
+    rows, seed = [], 0
+    for name, plan, steps in plans:
+        ex = PlanExecutor(plan, groups)
+        n = plan.numel
+        # no step holds more than 3·p·ceil(n/p) elements (padded input, receive buffer, sum)
+        bound = plan.element_size * sum(3 * len(g) * -(-k // len(g)) for s in plan.steps
+                                        for g, (_, k) in zip(s.groups, s.regions) if rank in g)
+        cuts = [0, n // 3, (2 * n) // 3 + 1, n]
+        for cycle in range(2):
+            for train_step in steps:
+                for layout in ("flat", "buckets"):
+                    seed += 1
+                    inputs = {r: np.random.default_rng([seed, r]).standard_normal(n).astype(np.float32)
+                              for r in range(world)}
+                    ref = {r: v.copy() for r, v in inputs.items()}
+                    run_plan(plan, ref, train_step)
+                    mine = inputs[rank].copy()
+                    parts = ([torch.from_numpy(mine)] if layout == "flat" else
+                             [torch.from_numpy(mine[a:b].copy()) for a, b in zip(cuts, cuts[1:])])
+                    ex.run(parts, train_step)
+                    got = torch.cat(parts).numpy()
+                    rows.append({"case": name, "numel": n, "cycle": cycle, "train_step": train_step,
+                                 "layout": layout, "rank": rank, "scratch_bytes": ex.scratch_bytes, "bound": bound,
+                                 "ok": bool(np.allclose(got, ref[rank], rtol=1e-5, atol=1e-5))})
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +79,13 @@ def world_results():
     from trainer.dist.local import spawn_world
 
     return {w: [r for rank in spawn_world(executor_cases, w) for r in rank] for w in WORLDS}
+
+
+@pytest.fixture(scope="module")
+def repeated_results():
+    from trainer.dist.local import spawn_world
+
+    return [r for rank in spawn_world(repeated_calls, 4) for r in rank]
 
 
 def _bad(results, key):
@@ -47,6 +115,40 @@ def test_local_sgd_runs_param_steps_only_on_sync_steps(world_results):
     steps = {(r["train_step"], r["steps"]) for r in world_results[4] if r["case"] == "local_sgd" and r["numel"] == 1001}
     by_step = dict(steps)
     assert by_step[0] > by_step[1]  # step 0 adds the outer all-reduce + all-gather
+
+
+@pytest.mark.multiproc
+def test_repeated_calls_on_reused_scratch_stay_exact(repeated_results):
+    """Scratch from the pool holds the previous call's data: every call must still match the
+    reference, flat or bucketed, uneven shards, two steps in flight on different groups."""
+    assert {r["case"] for r in repeated_results} >= {name for name, _, _ in strategy_cases()} | {"inflight"}
+    bad = [(r["case"], r["numel"], r["cycle"], r["train_step"], r["layout"], r["rank"])
+           for r in repeated_results if not r["ok"]]
+    assert not bad
+
+
+# plans whose steps on one rank never overlap in time with steps needing the same scratch
+# sizes: their pool's peak is the same every call. A pipelined plan's (chunked) depends on
+# which chunks happen to be in flight together, so it may grow, up to a bound, later.
+SEQUENTIAL = ("flat_ring", "hierarchical", "distributed_optimizer", "distributed_optimizer-flat",
+              "local_sgd", "inflight")
+
+
+@pytest.mark.multiproc
+def test_scratch_pool_does_not_grow_across_repeated_calls(repeated_results):
+    by_call: dict = {}
+    for r in repeated_results:
+        by_call.setdefault((r["case"], r["numel"], r["rank"]), []).append(r)
+    for key, calls in by_call.items():
+        sizes = [c["scratch_bytes"] for c in calls]
+        assert sizes == sorted(sizes) and sizes[-1] <= calls[0]["bound"], key  # grows only to a bound
+        if key[0] in SEQUENTIAL:  # a repeated cycle of calls meets no new need
+            first = [c["scratch_bytes"] for c in calls if c["cycle"] == 0]
+            second = [c["scratch_bytes"] for c in calls if c["cycle"] == 1]
+            assert second == [first[-1]] * len(second), key
+    # not vacuous: shards padded or permuted need scratch (gloo: all-to-all receive buffers)
+    for case in ("hierarchical", "distributed_optimizer", "inflight"):
+        assert all(c["scratch_bytes"] > 0 for (name, n, _), cs in by_call.items() if name == case for c in cs)
 
 
 def test_owned_regions_cover_the_buffer_once_per_bucketed_plan():

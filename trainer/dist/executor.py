@@ -14,10 +14,21 @@ order derived from the plan alone: (dependency depth, step id), a topological or
 
 Uneven shards. Gloo needs equal-size tensors for reduce-scatter/all-gather: a region of n
 elements over p members is padded to p × ceil(n/p) (ring RS/AG bytes on the wire, plus at
-most p-1 padding elements), and each member's shard is copied in and out. On gloo the
-reduce-scatter is an all-to-all of the padded shards plus a local sum (same bytes per rank
-as a ring RS): gloo's own reduce_scatter Work does not report completion until wait(), so
-it could not be pipelined (torch 2.13).
+most p-1 padding elements), and each member's shard is copied in and out.
+
+Gloo. Both reduce-scatter and all-gather are one all_to_all_single of padded shards, which
+sends the same (p-1)·ceil(n/p) elements per rank as a ring: the reduce-scatter sums what it
+receives locally (gloo's own reduce_scatter Work does not report completion until wait(), so
+it could not be pipelined, torch 2.13); the all-gather sends its own shard to every member
+(gloo's all_gather of 64 MiB between 2 local ranks took 126-130 ms against 32-55 ms for the
+all-to-all, docs/emulation.md). NCCL runs its native reduce_scatter and all_gather.
+
+Scratch memory. Padded inputs and receive buffers come from a per-executor pool keyed by
+(dtype, device, numel): a step takes what it needs when issued and gives it back when it
+completes, so steps in flight together never share a buffer, and a repeated plan reuses the
+same memory every call. Fresh allocations cost more than the copy itself at 16-64 MiB
+(glibc maps and unmaps blocks over 32 MiB, and first touch page-faults at 1.1-1.8 GB/s on
+the project's VM against 9-12 GB/s for reused memory). `scratch_bytes` says what a pool holds.
 
 Errors. Every wait has a deadline (`timeout_s`, also the process groups' timeout); a failed
 or stalled collective raises RuntimeError naming the step, its group and the sites it spans.
@@ -67,11 +78,17 @@ class FlatBuffers:
             return self.parts[i][off - self.starts[i]: off - self.starts[i] + n]
         return None
 
-    def read(self, off: int, n: int) -> torch.Tensor:
+    def read(self, off: int, n: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The region: a view if it lies inside one tensor, else a copy (into `out` if given,
+        which then must hold n elements; with `out` the copy is always made)."""
         v = self.view(off, n)
-        if v is not None:
+        if out is None and v is not None:
             return v
-        out, pos = torch.empty(n, dtype=self.dtype, device=self.device), 0
+        if out is None:
+            out = torch.empty(n, dtype=self.dtype, device=self.device)
+        if v is not None:
+            return out.copy_(v)
+        pos = 0
         for t, s in zip(self.parts, self.starts):
             lo, hi = max(off, s), min(off + n, s + t.numel())
             if lo < hi:
@@ -87,6 +104,28 @@ class FlatBuffers:
                 t[lo - s: hi - s].copy_(src[lo - off: hi - off])
 
 
+class ScratchPool:
+    """Reusable scratch tensors keyed by (dtype, device, numel). `take` hands out a tensor no
+    one else holds (a pooled one or a new one; contents undefined); `give` returns it. An op
+    holds its scratch from issue to completion, so concurrent ops never share one."""
+
+    def __init__(self):
+        self._free: dict[tuple, list[torch.Tensor]] = {}
+
+    def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        free = self._free.get((dtype, device, numel))
+        return free.pop() if free else torch.empty(numel, dtype=dtype, device=device)
+
+    def give(self, tensors: Sequence[torch.Tensor]) -> None:
+        for t in tensors:
+            self._free.setdefault((t.dtype, t.device, t.numel()), []).append(t)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the tensors in the pool (all of them between calls)."""
+        return sum(t.numel() * t.element_size() for ts in self._free.values() for t in ts)
+
+
 @dataclass
 class _Op:
     step: Step
@@ -94,6 +133,7 @@ class _Op:
     region: tuple[int, int]
     work: object = None
     finalize: Optional[Callable[[], None]] = None
+    scratch: list = field(default_factory=list)  # pooled tensors this op holds until it completes
     issued_at: float = 0.0
     start_s: float = 0.0
     waited: bool = False  # a blocking wait() returned: complete even if is_completed() lags
@@ -160,11 +200,17 @@ class PlanExecutor:
                 if self.rank in g and len(g) > 1 and r[1] > 0:
                     self._mine[s.id] = (g, r)
         self._run: Optional[_Run] = None
+        self._pool = ScratchPool()
 
     # ------------------------------------------------------------------ public
     @property
     def running(self) -> bool:
         return self._run is not None
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Scratch memory this executor keeps for reuse between calls (its pool)."""
+        return self._pool.size_bytes
 
     def triggers(self, train_step: int = 0, phase: Optional[str] = None) -> list[str]:
         """Triggers of the steps a call with these arguments would run, in plan order."""
@@ -297,6 +343,8 @@ class PlanExecutor:
                 raise self._error(op, e) from e
         if op.finalize is not None:
             op.finalize()
+        self._pool.give(op.scratch)  # after finalize: it reads the receive buffers
+        op.scratch = []
         end = time.perf_counter()
         run.inflight.remove(op)
         run.done.add(op.step.id)
@@ -325,16 +373,26 @@ class PlanExecutor:
         op.issued_at = time.perf_counter()
         op.start_s = op.issued_at - run.t0
         try:
-            op.work, op.finalize = self._launch(s.op, group, off, n, run.buf)
+            op.work, op.finalize = self._launch(s.op, group, off, n, run.buf, op.scratch)
         except Exception as e:
             raise self._error(op, e) from e
         run.inflight.append(op)
 
-    def _launch(self, kind: str, group: tuple[int, ...], off: int, n: int, buf: FlatBuffers):
+    def _launch(self, kind: str, group: tuple[int, ...], off: int, n: int, buf: FlatBuffers,
+                scratch: list):
+        """Issue one step; returns (work, finalize). Pooled tensors it uses go in `scratch`:
+        the op holds them until it completes (a failed call drops them with the run)."""
         pg = self.groups.get(group)
+        gloo = self.groups.backend == "gloo"
+
+        def take(numel: int) -> torch.Tensor:
+            t = self._pool.take(numel, buf.dtype, buf.device)
+            scratch.append(t)
+            return t
+
         view = buf.view(off, n)
         if kind in ("all_reduce", "broadcast", "send_recv"):
-            t = view if view is not None else buf.read(off, n)
+            t = view if view is not None else buf.read(off, n, out=take(n))
             fin = None if view is not None else (lambda: buf.write(off, t))
             if kind == "all_reduce":
                 return dist.all_reduce(t, group=pg, async_op=True), fin
@@ -353,28 +411,49 @@ class PlanExecutor:
         if kind == "reduce_scatter":
             if aligned and view is not None:
                 inp = view
-            else:
-                region = view if view is not None else buf.read(off, n)
-                inp = torch.zeros(p * m, dtype=buf.dtype, device=buf.device)
+            else:  # member j's shard at pg position pos[j], zero-padded to m
+                inp = take(p * m)
                 for j, (jo, jn) in enumerate(shards):
-                    inp[pos[j] * m: pos[j] * m + jn] = region[jo: jo + jn]
-            if self.groups.backend == "gloo":
-                # gloo's reduce_scatter Work never reports is_completed() before wait(), so it
-                # cannot pipeline: an all-to-all of the padded shards sends the same bytes per
-                # rank as a ring reduce-scatter ((p-1)·ceil(n/p)); the sum is done locally.
-                recv = torch.empty(p * m, dtype=buf.dtype, device=buf.device)
+                    buf.read(off + jo, jn, out=inp[pos[j] * m: pos[j] * m + jn])
+                    inp[pos[j] * m + jn: (pos[j] + 1) * m].zero_()
+            dest = buf.view(off + so, sn)
+            if gloo:
+                # an all-to-all of the padded shards sends the same bytes per rank as a ring
+                # reduce-scatter ((p-1)·ceil(n/p)); the sum over senders is done locally
+                recv = take(p * m)
                 work = dist.all_to_all_single(recv, inp, group=pg, async_op=True)
-                return work, lambda: buf.write(off + so, recv.view(p, m).sum(0)[:sn])
-            out = torch.empty(m, dtype=buf.dtype, device=buf.device)
+                parts = recv.view(p, m)[:, :sn]
+
+                def total() -> None:
+                    if dest is not None:
+                        torch.sum(parts, 0, out=dest)
+                    else:
+                        buf.write(off + so, torch.sum(parts, 0, out=take(sn)))
+                return work, total
+            out = take(m)
             work = _reduce_scatter(out, inp, group=pg, async_op=True)
             return work, lambda: buf.write(off + so, out[:sn])
         if kind == "all_gather":
-            mine = buf.read(off + so, sn)
-            inp = mine if sn == m else torch.cat([mine, mine.new_zeros(m - sn)])
-            out = torch.empty(p * m, dtype=buf.dtype, device=buf.device)
-            work = _all_gather(out, inp, group=pg, async_op=True)
+            mine = buf.view(off + so, sn)
+            if sn == m and not gloo and mine is not None:
+                inp = mine
+            else:  # gloo: my shard once per member (each pg rank receives its own copy)
+                copies = p if gloo else 1
+                inp = take(copies * m)
+                for k in range(copies):
+                    buf.read(off + so, sn, out=inp[k * m: k * m + sn])
+                    inp[k * m + sn: (k + 1) * m].zero_()
+            # shard of pg rank k at out[k*m : k*m + its size]; aligned: that is the region itself
+            direct = gloo and aligned and view is not None
+            out = view if direct else take(p * m)
+            if gloo:
+                work = dist.all_to_all_single(out, inp, group=pg, async_op=True)
+            else:
+                work = _all_gather(out, inp, group=pg, async_op=True)
 
             def unpack() -> None:
+                if direct:
+                    return
                 if aligned:
                     buf.write(off, out)
                     return
