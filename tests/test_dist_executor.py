@@ -168,7 +168,7 @@ def test_owned_regions_cover_the_buffer_once_per_bucketed_plan():
 def test_flat_buffers_regions_across_buckets():
     import torch
 
-    from trainer.dist.executor import FlatBuffers
+    from trainer.dist.buffers import FlatBuffers
 
     parts = [torch.arange(3.0), torch.arange(3.0, 5.0), torch.arange(5.0, 9.0)]
     buf = FlatBuffers(parts)
