@@ -83,3 +83,45 @@ def test_docs_config_table_is_generated_from_the_dataclasses():
     text = DOC.read_text()
     assert render(text) == text, "run: python -m trainer.docs --write"
     assert "| `grpo.loss_type` | str | `'dapo'` |" in text
+
+
+def _lrs(updates: int, **fields) -> list[float]:
+    """The learning rate of the first `updates` optimizer updates under build_scheduler."""
+    import torch
+
+    from trainer.grpo import build_scheduler
+
+    args = GRPOConfig(learning_rate=1.0, **fields)
+    args.validate("grpo")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    sched = build_scheduler(opt, args)
+    out = []
+    for _ in range(updates):
+        out.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_lr_schedules_follow_transformers():
+    # constant_with_warmup: linear from 0 over warmup_ratio x max_steps, then flat
+    assert _lrs(6, lr_scheduler_type="constant_with_warmup", warmup_ratio=0.4, max_steps=10) == \
+        [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    # warmup_steps overrides warmup_ratio; both count steps, i.e. num_iterations updates each
+    assert _lrs(5, lr_scheduler_type="constant_with_warmup", warmup_ratio=0.9, warmup_steps=2, max_steps=10,
+                num_iterations=2) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # linear: warm-up, then down to 0 at max_steps
+    assert _lrs(5, lr_scheduler_type="linear", warmup_steps=1, max_steps=5) == [0.0, 1.0, 0.75, 0.5, 0.25]
+    assert _lrs(3, lr_scheduler_type="constant", max_steps=5) == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("override", ["grpo.warmup_ratio=0.1", "grpo.warmup_steps=5"])
+def test_constant_schedule_with_warmup_is_refused(override):
+    # transformers' "constant" silently skips any warm-up; a recipe that asks for one is told so
+    field = override.split("=")[0]
+    with pytest.raises(UserError, match=f"{field}: lr_scheduler_type constant has no warm-up.*constant_with_warmup"):
+        load_recipe(str(ROOT / "recipes/tiny-arith.yaml"),
+                    ["grpo.lr_scheduler_type=constant", "grpo.warmup_steps=0", "grpo.warmup_ratio=0", override])
+    ok = load_recipe(str(ROOT / "recipes/tiny-arith.yaml"),
+                     ["grpo.lr_scheduler_type=constant_with_warmup", "grpo.warmup_steps=0", override])
+    assert ok.grpo.warmup_updates() > 0

@@ -142,11 +142,19 @@ def test_every_loss_type_trains(tmp_path, loss_type):
 
 
 def test_truncated_completions_can_be_left_out_of_the_loss(tmp_path):
-    # 2 new tokens: every completion is truncated, so with the mask on no token reaches the loss.
-    trainer = make_trainer(tmp_path, max_completion_length=2, mask_truncated_completions=True, scale_rewards="batch")
-    m = trainer.train_step()
-    assert m["completions/truncated_fraction"] == 1.0
-    assert m["grad_norm"] == 0.0
+    # 2 new tokens at temperature 0.5: every completion is truncated. A reward that differs within each
+    # group gives non-zero advantages, so the gradient is zero only because the mask drops every token.
+    def distinct(prompts, completions, **kwargs):
+        return [float(i % 4) for i in range(len(completions))]
+
+    assets = tiny_assets()
+    for mask, grad_is_zero in ((True, True), (False, False)):
+        args = small_args(tmp_path / str(mask), max_completion_length=2, temperature=0.5,
+                          mask_truncated_completions=mask)
+        trainer = GRPOTrainer(str(assets.sft_model), [distinct], args, load_jsonl(str(assets.data / "train.jsonl")))
+        m = trainer.train_step()
+        assert m["completions/truncated_fraction"] == 1.0
+        assert (m["grad_norm"] == 0.0) == grad_is_zero
 
 
 def test_read_metrics_skips_a_line_cut_by_a_kill(tmp_path):

@@ -6,16 +6,30 @@
 - heldout.jsonl  prompt, answer   (never seen in training; exact-match evaluation)
 - sft.jsonl      prompt, completion  (the supervised warm start)
 
-The warm start mixes two answer styles. A fraction `sft_think_fraction` of the examples
-work the sum out digit by digit, units column first, carry (or borrow) written out:
+The warm start imitates a deliberately imperfect teacher, so that GRPO has something
+real to fix:
 
-    37+48  ->  <think>7+8=15,3+4+1=8</think><answer>85</answer>
-    52-38  ->  <think>12-8=4,5-3-1=1</think><answer>14</answer>
+- Every completion works the sum out digit by digit, units column first, the carry (or
+  borrow) written out as the last term of the next column. A fraction `sft_think_fraction`
+  wrap that work in <think> tags:
 
-the rest answer at once, without a <think> block (`<answer>85</answer>`). The warm-started
-model so does both: the direct answers are often wrong and miss the format reward, the
-worked ones are mostly right. GRPO has to find out which style pays (format reward
-~0.5 -> ~1.0) and sharpen the column work (held-out exact match up).
+      37+48  ->  <think>7+8=15,3+4+1=8</think><answer>85</answer>
+      52-38  ->  <think>12-8=4,5-3-1=1</think><answer>14</answer>
+
+  the rest write the same work untagged (`7+8=15,3+4+1=8<answer>85</answer>`), which the
+  format reward scores 0 and the accuracy reward scores like the tagged form. The
+  warm-started model does both (sampled format reward ~0.5), equally well.
+- The teacher forgets the carry (or the borrow) in a fraction `sft_carry_slip` of its
+  worked problems (default 0.6): it writes 0 where the carry is 1 and gives the answer that
+  follows from its own slipped work:
+
+      37+48  ->  <think>7+8=15,3+4+0=7</think><answer>75</answer>
+
+  The warm-started model learns the column procedure and the slip with it: decoded greedily
+  it drops the carry (the teacher's majority habit), so it fails most problems that carry,
+  while sampling still carries about a third of the time. The accuracy reward prefers the
+  samples that carry, and GRPO turns the minority habit into the greedy one: held-out exact
+  match can rise by up to the share of problems that carry or borrow (~45% of 2-digit ones).
 """
 from __future__ import annotations
 
@@ -35,8 +49,12 @@ class ArithDataConfig:
     num_sft: int = meta("Warm-start examples (disjoint from held-out).", default=4000, ge=1)
     max_operand: int = meta("Operands are drawn from 0..max_operand.", default=99, ge=1)
     ops: str = meta("Operators to use, any of + and -.", default="+-")
-    sft_think_fraction: float = meta("Fraction of warm-start completions that show the digit-wise work in "
-                                     "<think>; the rest give the <answer> alone.", default=0.5, ge=0, le=1)
+    sft_think_fraction: float = meta("Fraction of warm-start completions that wrap the column work in "
+                                     "<think>...</think>; the rest write it untagged (format reward 0).",
+                                     default=0.5, ge=0, le=1)
+    sft_carry_slip: float = meta("Fraction of worked warm-start problems in which the teacher forgets every "
+                                 "carry/borrow (writes +0/-0) and answers accordingly, a flaw for GRPO to fix.",
+                                 default=0.6, ge=0, le=1)
     seed: int = meta("Sampling seed.", default=0, ge=0)
 
 
@@ -65,11 +83,14 @@ def sample_problems(n: int, max_operand: int = 99, seed: int = 0, ops: str = "+-
     return rows
 
 
-def column_trace(prompt: str) -> str:
-    """The column-by-column work for `a+b` / `a-b` (a >= b), units first: "7+8=15,3+4+1=8".
+def column_work(prompt: str, forget_carry: bool = False) -> tuple[str, str]:
+    """The column-by-column work for `a+b` / `a-b` (a >= b), units first, and the result it gives:
+    ("7+8=15,3+4+1=8", "85").
 
     Each column after the first adds the carry (or subtracts the borrow), 0 or 1, explicitly;
-    a subtraction column that borrows shows the borrowed 10 ("12-8=4").
+    a subtraction column that borrows shows the borrowed 10 ("12-8=4"). `forget_carry` is the
+    teacher's slip: every carry (borrow) is written and used as 0, so "37+48" gives
+    ("7+8=15,3+4+0=7", "75"); problems without a carry are unchanged.
     """
     m = re.fullmatch(r"(\d+)([+-])(\d+)", prompt)
     if m is None:
@@ -77,11 +98,12 @@ def column_trace(prompt: str) -> str:
     a, op, b = m.group(1), m.group(2), m.group(3)
     width = max(len(a), len(b))
     da, db = [int(c) for c in a.zfill(width)[::-1]], [int(c) for c in b.zfill(width)[::-1]]
-    steps, carry = [], 0
+    steps, digits, carry = [], [], 0
     for i, (x, y) in enumerate(zip(da, db)):
         if op == "+":
             total = x + y + carry
             steps.append(f"{x}+{y}={total}" if i == 0 else f"{x}+{y}+{carry}={total}")
+            digits.append(total % 10)
             carry = total // 10
         else:
             top = x - carry if i else x
@@ -89,17 +111,29 @@ def column_trace(prompt: str) -> str:
             lhs = f"{x}-{y}" if i == 0 else f"{x}-{y}-{carry}"
             if borrow:
                 lhs = f"1{lhs}"
-            steps.append(f"{lhs}={top + 10 * borrow - y}")
+            total = top + 10 * borrow - y
+            steps.append(f"{lhs}={total}")
+            digits.append(total)
             carry = borrow
-    return ",".join(steps)
+        if i == width - 1 and op == "+" and carry:
+            digits.append(carry)  # the last column's total is written in full: "9+9+1=19"
+        if forget_carry:
+            carry = 0
+    result = int("".join(str(d) for d in reversed(digits)))
+    return ",".join(steps), str(result)
 
 
-def sft_completion(row: dict, think: bool = True) -> str:
-    """The warm-start target: the column work in <think> and the result in <answer>, or
-    (think=False) the bare <answer>, which the format reward does not accept."""
-    if not think:
-        return f"<answer>{row['answer']}</answer>"
-    return f"<think>{column_trace(row['prompt'])}</think><answer>{row['answer']}</answer>"
+def column_trace(prompt: str) -> str:
+    """The correct column work alone: "7+8=15,3+4+1=8" for "37+48"."""
+    return column_work(prompt)[0]
+
+
+def sft_completion(row: dict, think: bool = True, forget_carry: bool = False) -> str:
+    """The warm-start target: the column work in <think> and its result in <answer>, or
+    (think=False) the same work untagged before the <answer>, which the format reward does not
+    accept. `forget_carry`: the teacher's slip (see `column_work`); the answer follows the work."""
+    work, result = column_work(row["prompt"], forget_carry)
+    return f"<think>{work}</think><answer>{result}</answer>" if think else f"{work}<answer>{result}</answer>"
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -127,6 +161,7 @@ def make_arith_data(out_dir: str | Path, cfg: ArithDataConfig | None = None) -> 
     rng = random.Random(cfg.seed + 3)
     think = [i < round(cfg.sft_think_fraction * len(sft)) for i in range(len(sft))]
     rng.shuffle(think)
-    write_jsonl(paths["sft"], [{"prompt": r["prompt"], "completion": sft_completion(r, t)}
-                               for r, t in zip(sft, think)])
+    slip = [rng.random() < cfg.sft_carry_slip for _ in sft]
+    write_jsonl(paths["sft"], [{"prompt": r["prompt"], "completion": sft_completion(r, t, s)}
+                               for r, t, s in zip(sft, think, slip)])
     return paths

@@ -17,6 +17,7 @@ times on them, each update accumulating `gradient_accumulation_steps` micro-batc
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from hdc.errors import UserError
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 TIS_LEVELS = ("token", "sequence", "none")
 SCALE_REWARDS = ("group", "batch", "none")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
 def parse_scale_rewards(value: Any) -> str:
@@ -51,10 +53,13 @@ class GRPOConfig:
     adam_beta2: float = meta("AdamW beta2.", default=0.99, ge=0, lt=1)
     weight_decay: float = meta("AdamW weight decay.", default=0.0, ge=0)
     max_grad_norm: float = meta("Clip the gradient norm to this value (0 = no clipping).", default=1.0, ge=0)
-    lr_scheduler_type: str = meta("Learning-rate schedule after warm-up.", default="constant",
-                                  choices=("constant", "linear", "cosine"))
-    warmup_ratio: float = meta("Fraction of max_steps spent warming the learning rate up from 0.",
-                               default=0.0, ge=0, le=1)
+    lr_scheduler_type: str = meta("Learning-rate schedule, as in transformers.get_scheduler: constant (no "
+                                  "warm-up), constant_with_warmup, linear or cosine (decay to 0 at max_steps, "
+                                  "after the warm-up).", default="constant", choices=SCHEDULERS)
+    warmup_ratio: float = meta("Fraction of max_steps spent warming the learning rate up linearly from 0 (not "
+                               "with constant: use constant_with_warmup).", default=0.0, ge=0, le=1)
+    warmup_steps: int = meta("Steps of linear warm-up from 0; overrides warmup_ratio when > 0 (not with "
+                             "constant: use constant_with_warmup).", default=0, ge=0)
     max_steps: int = meta("Number of steps (generation rounds) to train.", default=100, ge=1)
     per_device_train_batch_size: int = meta("Completions per micro-batch on each process.", default=8, ge=1)
     gradient_accumulation_steps: int = meta("Micro-batches accumulated into one optimizer update.", default=1, ge=1)
@@ -106,6 +111,12 @@ class GRPOConfig:
 
     def validate(self, path: str = "") -> None:
         p = f"{path}." if path else ""
+        if self.lr_scheduler_type == "constant" and (self.warmup_ratio or self.warmup_steps):
+            # transformers' "constant" silently ignores the warm-up; say so instead
+            field = "warmup_steps" if self.warmup_steps else "warmup_ratio"
+            raise fail(f"{p}{field}", f"lr_scheduler_type constant has no warm-up (as in transformers); use "
+                                      f"lr_scheduler_type constant_with_warmup, or {field} 0, got "
+                                      f"{getattr(self, field)}")
         completions = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if self.generation_batch_size is None and completions % self.num_generations:
             raise fail(f"{p}num_generations",
@@ -122,6 +133,12 @@ class GRPOConfig:
     @property
     def epsilon_upper(self) -> float:
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    def warmup_updates(self) -> int:
+        """Optimizer updates of linear warm-up: warmup_steps (or warmup_ratio x max_steps), in updates
+        (num_iterations per step), as transformers' get_warmup_steps counts them."""
+        steps = self.warmup_steps if self.warmup_steps > 0 else math.ceil(self.warmup_ratio * self.max_steps)
+        return steps * self.num_iterations
 
     def completions_per_step(self, world_size: int = 1) -> int:
         """Completions generated per step over all processes; checks generation_batch_size."""

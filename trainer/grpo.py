@@ -30,6 +30,15 @@ from trainer.rewards import resolve_reward, reward_name, score
 from trainer.sync import GradientSync, LocalSync
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, args: GRPOConfig):
+    """transformers.get_scheduler over max_steps x num_iterations optimizer updates, with
+    args.warmup_updates() of linear warm-up (constant_with_warmup, linear, cosine)."""
+    from transformers import get_scheduler
+
+    return get_scheduler(args.lr_scheduler_type, optimizer, num_training_steps=args.max_steps * args.num_iterations,
+                         num_warmup_steps=args.warmup_updates())
+
+
 class GRPOTrainer:
     def __init__(self, model: str | torch.nn.Module, reward_funcs: Any, args: GRPOConfig, train_dataset: Any,
                  eval_dataset: Any = None, processing_class: Any = None, data: DataConfig | None = None,
@@ -37,6 +46,7 @@ class GRPOTrainer:
                  dtype: str = "float32"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        args.validate("grpo")  # a GRPOConfig built in Python gets the checks a recipe gets
         self.args, self.data = args, data or DataConfig(train_file="")
         self.grad_sync = grad_sync or LocalSync()
         if args.torch_num_threads:
@@ -85,12 +95,7 @@ class GRPOTrainer:
         self.optimizer = self.grad_sync.make_optimizer(
             torch.optim.AdamW, self.model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
             betas=(args.adam_beta1, args.adam_beta2))
-        from transformers import get_scheduler
-
-        updates = args.max_steps * args.num_iterations
-        self.scheduler = get_scheduler(args.lr_scheduler_type, getattr(self.optimizer, "inner", self.optimizer),
-                                       num_training_steps=updates,
-                                       num_warmup_steps=math.ceil(args.warmup_ratio * updates))
+        self.scheduler = build_scheduler(getattr(self.optimizer, "inner", self.optimizer), args)
         self.tis_level, self.tis_cap = "none", 2.0  # set by run.build_trainer for the vllm backend
         self.updates = 0  # optimizer updates so far (num_iterations per step)
         self.step = 0
