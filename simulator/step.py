@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
-
 import simpy
 
 from hdc.placement import place
@@ -182,7 +181,6 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
     plan = dp_plan(strategy, topology, workload, groups)
     steps = [s for s in plan.steps if s.active(train_step)]
     tpl_cache: dict = {}
-
     shared = routes.templates.setdefault((aggregate, tp), {})  # reused by equal topologies
 
     def template(op, grps) -> Template:
