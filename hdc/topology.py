@@ -23,7 +23,7 @@ import heapq
 import os
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property, wraps
 from typing import Any, Callable, Optional
 

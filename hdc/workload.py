@@ -9,7 +9,7 @@ attention score/value products without causal savings — the convention behind 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from hdc.config import from_dict, load_yaml, meta, preset_source, yaml_names

@@ -9,7 +9,7 @@ from typing import Optional, Union
 from hdc.config import to_dict
 from hdc.errors import UserError
 from hdc.strategies import Strategy, make_strategy
-from hdc.topology import Site, Topology, load_topology
+from hdc.topology import Topology, load_topology
 from hdc.workload import Workload, load_workload
 from simulator import memory
 from simulator.faults import Faults, apply_to_topology, stage_factors
@@ -119,7 +119,7 @@ def assumptions(topo: Topology, work: Workload, strat: Strategy, c: SimConstants
         + ("bucket k starts when backward has produced it (last micro-batch)" if triggered else "after backward"),
         f"gradients {work.grad_bytes} B/element, parameters {work.param_bytes} B/element; every stage syncs "
         f"the largest stage's {work.params_per_rank:,} parameters",
-        f"'param'-phase steps overlapping 'forward' run at the start of the step (previous update)",
+        "'param'-phase steps overlapping 'forward' run at the start of the step (previous update)",
         f"TP comm {1 - c.tp_comm_overlap:.0%} exposed; link efficiency node/pod/site/wan "
         f"{c.intra_node_efficiency:g}/{c.intra_pod_efficiency:g}/{c.intra_site_efficiency:g}/{c.wan_efficiency:g}",
         f"optimizer: {c.optimizer_bytes_per_param:g} B per owned parameter at {c.hbm_bandwidth_Bps / 1e12:g} TB/s",

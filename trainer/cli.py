@@ -6,7 +6,6 @@ commands alone.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import yaml

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from hdc.config import meta
 from hdc.errors import UserError
 from trainer.config import TIS_LEVELS, VLLMConfig  # noqa: F401 (VLLMConfig is re-exported)
 from trainer.generation import Generation, SamplingParams, cut_at_eos

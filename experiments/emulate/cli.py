@@ -12,7 +12,7 @@ import signal
 import sys
 
 from hdc.errors import UserError
-from hdc.units import UnitError, parse_bandwidth, parse_size, parse_time
+from hdc.units import UnitError, parse_bandwidth, parse_time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
