@@ -96,6 +96,15 @@ class Plan:
     def active_steps(self, train_step: int = 0) -> list[Step]:
         return [s for s in self.steps if s.active(train_step)]
 
+    def depths(self) -> dict[int, int]:
+        """step id -> dependency depth (0 for a step without deps). Executors issue each group's
+        steps in (depth, id) order, the same on every rank, and the simulator's pipelined mode
+        follows the same order."""
+        level: dict[int, int] = {}
+        for s in self.steps:
+            level[s.id] = 1 + max((level[d] for d in s.deps if d in level), default=-1)
+        return level
+
     def shifted(self, offset: int, id_base: int, **overrides) -> list[Step]:
         """This plan's steps with regions moved by `offset` and ids/deps renumbered from id_base."""
         out = []

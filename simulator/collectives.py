@@ -268,12 +268,10 @@ def _issue_order(plan: Plan, train_step: int, env: simpy.Environment) -> dict:
 
     A collective library needs the collectives of one communicator issued in the same order on
     every rank, so an executor issues each group's steps in one fixed order from the plan alone
-    — trainer.dist.executor: (dependency depth, step id) — and a step whose deps are done still
+    — `Plan.depths()`: (dependency depth, step id) — and a step whose deps are done still
     waits until the step before it on the same group has been issued (e.g. chunk 2's
     reduce-scatter in a site queues behind chunk 0's all-gather, which waits for the WAN)."""
-    level: dict[int, int] = {}
-    for s in plan.steps:
-        level[s.id] = 1 + max((level[d] for d in s.deps if d in level), default=-1)
+    level = plan.depths()
     queues: dict = defaultdict(list)
     for s in plan.steps:
         if s.active(train_step):

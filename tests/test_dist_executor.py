@@ -182,11 +182,9 @@ def test_flat_buffers_regions_across_buckets():
 def test_issue_order_lets_chunks_pipeline():
     """Per group, steps issue in (dependency depth, id) order: chunk c+1's reduce-scatter comes
     before chunk c's all-gather, so it can run while chunk c crosses the WAN."""
-    from trainer.dist.executor import _depth
-
     topo = topology_for_world(4)
     plan = bucketed(Hierarchical(), topo, [range(4)], [8, 8, 8], 4)
-    level = _depth(plan)
+    level = plan.depths()
     site = sorted((s for s in plan.steps if s.label in ("rs-site", "ag-site")), key=lambda s: (level[s.id], s.id))
     assert [(s.label, s.chunk) for s in site][:3] == [("rs-site", 0), ("rs-site", 1), ("ag-site", 0)]
 

@@ -76,13 +76,6 @@ class _Run:
     spans: list = field(default_factory=list)
 
 
-def _depth(plan: Plan) -> dict[int, int]:
-    level: dict[int, int] = {}
-    for s in plan.steps:
-        level[s.id] = 1 + max((level[d] for d in s.deps if d in level), default=-1)
-    return level
-
-
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     low = text.lower()
@@ -115,7 +108,7 @@ class PlanExecutor:
         self.timeout_s = groups.timeout_s if timeout_s is None else float(timeout_s)
         self.kind, self.poll_s = kind, poll_s
         groups.for_plan(plan)
-        self._level = _depth(plan)
+        self._level = plan.depths()
         self._mine: dict[int, Optional[tuple[tuple[int, ...], tuple[int, int]]]] = {}
         for s in plan.steps:
             self._mine[s.id] = None
