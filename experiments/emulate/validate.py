@@ -37,11 +37,11 @@ from experiments.emulate.spec import build_spec, topology_to_data, wan_pair, wri
 VALIDATE_SYSCTL = {"net.ipv4.tcp_slow_start_after_idle": "0"}
 
 # Freed memory stays in the rank for reuse, as a training loop's caching allocator keeps it:
-# glibc otherwise unmaps every block over its mmap threshold (at most 32 MiB) on free, and the
-# executor's reduce-scatter/all-gather scratch (p x shard bytes) is allocated per call, so at
-# 64 MiB every call page-faults its buffers afresh — 1.1-1.8 GB/s on this VM against 9-12 GB/s
-# for reused memory, with 4-6 ranks faulting on 2 cores (docs/emulation.md). `--allocator default`
-# measures with glibc's defaults.
+# glibc otherwise unmaps every block over its mmap threshold (at most 32 MiB) on free, and a
+# large block allocated per call page-faults afresh every time — 1.1-1.8 GB/s on this VM against
+# 9-12 GB/s for reused memory (docs/emulation.md). The executor now pools its own scratch
+# (trainer/dist/buffers.py); this keeps any other per-call allocation honest too.
+# `--allocator default` measures with glibc's defaults.
 ALLOCATOR_ENV = {"reuse": {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)},
                  "default": {}}
 
