@@ -117,6 +117,7 @@ def run_exact(env: simpy.Environment, net: Network, routes: Routes, op: str, gro
 
 # ------------------------------------------------------------------------------ pipelined
 RING_OPS = ("all_reduce", "reduce_scatter", "all_gather")
+FORWARDER = "wan-forwarder"  # the resource of Pipeline.forwarder_Bps
 
 
 @dataclass(frozen=True)
@@ -129,15 +130,37 @@ class Pipeline:
     i of the loop first waits for segment i-`window` (2 in flight per connection), then posts
     segment i. gloo's TCP transport sends a segment only once the receiver's ready notice has
     arrived (`rendezvous`): a segment costs the reverse path's latency, then its own latency
-    and size / rate. An all-reduce drains the pipeline once, between its reduce-scatter and
+    and size / rate. The notice is a message on the pair's one TCP connection, so where that
+    connection also carries data towards the sender (a 2-member ring: both directions are one
+    pair), it leaves only after the data already on the wire. An all-reduce drains the pipeline once, between its reduce-scatter and
     all-gather halves. `call_overhead_s`: a fixed cost per collective call (issuing it, the
     ranks' wake-ups, noticing completion) — measured, e.g. by experiments/emulate/calibrate.py.
+
+    `forwarder_Bps`: every WAN byte also passes one forwarding process of this capacity (an
+    emulator's single-threaded delay line on one core): the WAN flows' rates sum to at most
+    this, across all links and directions. 0: none.
+
+    `shaper_*`: the WAN links are shaped by a token bucket (an emulator's tbf/htb egress qdisc):
+    each holds max(shaper_min_burst_bytes, shaper_burst_s × its rate) bytes of tokens and,
+    while it has any, passes data at up to shaper_peak_Bps (the unshaped path's rate). 0: none.
     """
     segment_bytes: float = float(1 << 20)
     min_segments: int = 2
     window: int = 2
     rendezvous: bool = True
     call_overhead_s: float = 0.0
+    shaper_burst_s: float = 0.0
+    shaper_min_burst_bytes: float = 0.0
+    shaper_peak_Bps: float = 0.0
+    forwarder_Bps: float = 0.0
+
+    def buckets(self, capacities: Mapping[Hashable, float], wan_links) -> dict:
+        """link -> (burst bytes, peak bytes/s) for the WAN links this shaper applies to (a
+        link already as fast as the peak has no burst to give)."""
+        if self.shaper_burst_s <= 0 or self.shaper_peak_Bps <= 0:
+            return {}
+        return {k: (max(self.shaper_min_burst_bytes, self.shaper_burst_s * capacities[k]), self.shaper_peak_Bps)
+                for k in wan_links if capacities[k] < self.shaper_peak_Bps}
 
 
 def pipeline_shape(op: str, p: int, numel: int, element_size: int, pipe: Pipeline) -> tuple[int, int, float]:
@@ -169,6 +192,10 @@ def run_pipelined(env: simpy.Environment, net: Network, routes: Routes, op: str,
     conns = round_messages(op, group)
     path = {c: routes.path(*c) for c in conns}
     weights = {c: {link: 1.0 for link in path[c]} for c in conns}
+    if pipe.forwarder_Bps > 0:
+        for c in conns:
+            if any(routes.links[k].tier == "wan" for k in path[c]):
+                weights[c][FORWARDER] = 1.0
     latency = {c: routes.latency_s(path[c]) for c in conns}
     notice = {c: routes.latency_s(routes.path(c[1], c[0])) if pipe.rendezvous else 0.0 for c in conns}
     members = sorted({m for c in conns for m in c})
@@ -195,6 +222,14 @@ def run_pipelined(env: simpy.Environment, net: Network, routes: Routes, op: str,
         yield env.timeout(latency[c])  # ...then across the path
         arrived[ph, c, i].succeed()
 
+    def ready(c):
+        # the receiver's notice travels back on c's own TCP connection: where that connection
+        # carries data the other way too (a 2-member ring), it leaves behind that data
+        ahead = wire.get((c[1], c[0])) if pipe.rendezvous else None
+        if ahead is not None and not ahead.processed:
+            yield ahead
+        yield env.timeout(notice[c])
+
     def member(m):
         for ph in range(phases):
             for i in range(count + window):
@@ -203,7 +238,7 @@ def run_pipelined(env: simpy.Environment, net: Network, routes: Routes, op: str,
                                       + [left[ph, c, i - window] for c in outs[m]])
                 if i < count:
                     for c in ins[m]:
-                        env.process(segment(ph, c, i, env.timeout(notice[c])))
+                        env.process(segment(ph, c, i, env.process(ready(c))))
                     for c in outs[m]:
                         posted[ph, c, i].succeed()
 
@@ -225,7 +260,13 @@ def simulate_plan(routes: Routes, plan: Plan, mode: str = "coflow", train_step: 
     """
     pipe = pipeline or Pipeline()
     env = simpy.Environment()
-    net = Network(env, link_capacities(routes, efficiency))
+    caps = link_capacities(routes, efficiency)
+    buckets = {}
+    if mode == "pipelined":
+        buckets = pipe.buckets(caps, [k for k, link in routes.links.items() if link.tier == "wan"])
+        if pipe.forwarder_Bps > 0:
+            caps = {**caps, FORWARDER: pipe.forwarder_Bps}
+    net = Network(env, caps, buckets)
     done: dict[int, simpy.Event] = {}
     times: dict[int, tuple[float, float]] = {}
 

@@ -13,6 +13,12 @@ max-min fairly (progressive filling, weighted): all unfrozen flows rise together
 resource saturates, its flows freeze at that rate, and so on. Rates are recomputed whenever
 a flow starts or ends; between those instants every rate is constant, so completion times
 are exact. A flow pays its latency first, then size / rate.
+
+Token buckets (optional, for shaped links such as an emulator's tbf/htb qdisc): a bucketed
+resource sustains its capacity but holds up to `burst` bytes of tokens, refilled at that
+capacity while it is used below it; while it holds tokens it carries up to `peak` (so a burst
+after an idle gap passes at the unshaped rate). Tokens are integrated exactly between events,
+and running out is an event of its own.
 """
 from __future__ import annotations
 
@@ -125,9 +131,19 @@ class Network:
     bytes that crossed one link of r (weight × flow bytes).
     """
 
-    def __init__(self, env: simpy.Environment, capacity_Bps: Mapping[Hashable, float]):
+    def __init__(self, env: simpy.Environment, capacity_Bps: Mapping[Hashable, float],
+                 buckets: Mapping[Hashable, tuple[float, float]] | None = None):
+        """`buckets`: resource -> (burst bytes, peak bytes/s) of a token bucket in front of it
+        (see the module docstring); every bucket starts full."""
         self.env = env
         self.capacity_Bps = dict(capacity_Bps)
+        self.sustained_Bps = {r: self.capacity_Bps[r] for r in buckets or {}}
+        self.buckets = {r: (float(b), float(peak)) for r, (b, peak) in (buckets or {}).items()}
+        self.tokens = {r: b for r, (b, _) in self.buckets.items()}
+        for r, (b, peak) in self.buckets.items():
+            if b <= 0 or peak <= self.sustained_Bps[r]:
+                raise ValueError(f"token bucket on {r!r}: burst must be > 0 and peak above the capacity")
+            self.capacity_Bps[r] = peak
         # dicts, not sets: iteration in insertion order keeps runs deterministic
         self.active: dict[_Flow, None] = {}
         self.users: dict[Hashable, dict] = defaultdict(dict)
@@ -171,7 +187,27 @@ class Network:
         if dt > 0:
             for f in self.active:
                 f.remaining -= f.rate * dt
+            for r, (burst, _) in self.buckets.items():
+                used = self._usage(r)
+                tokens = min(burst, self.tokens[r] + (self.sustained_Bps[r] - used) * dt)
+                self.tokens[r] = tokens if tokens > 1e-9 * burst else 0.0
         self._last = now
+
+    def _usage(self, r) -> float:
+        return sum(f.weights[r] * f.rate for f in self.users[r])
+
+    def _rebalance(self) -> None:
+        """Bucket mode: each bucket's capacity from its tokens (peak while it holds any), then
+        every active flow's rate afresh (rates depend on the token state: no memo)."""
+        for r, (burst, peak) in self.buckets.items():
+            self.capacity_Bps[r] = peak if self.tokens[r] > 0 else self.sustained_Bps[r]
+        self.demand.clear()
+        for f in self.active:
+            f.solo = min(self.capacity_Bps[r] / w for r, w in f.weights.items())
+            for r, w in f.weights.items():
+                self.demand[r] += w * f.solo
+        if self.active:
+            self._fill(list(self.active))
 
     def _binds(self, r) -> bool:
         return self.demand[r] > self.capacity_Bps[r] * (1 + 1e-9)
@@ -182,6 +218,14 @@ class Network:
             return
         self._advance()
         flow.start = self.env.now
+        if self.buckets:
+            for r, w in flow.weights.items():
+                self.users[r][flow] = None
+                self.bytes_by_resource[r] += w * flow.size
+            self.active[flow] = None
+            self._rebalance()
+            self._schedule()
+            return
         solo = self._solo.get(flow.kind)
         if solo is None:
             solo = self._solo[flow.kind] = min(self.capacity_Bps[r] / w for r, w in flow.weights.items())
@@ -219,7 +263,9 @@ class Network:
                 elif was:
                     seeds.update(users)
         seeds = [f for f in seeds if f in self.active]  # not the other flows finishing now
-        if seeds:
+        if self.buckets:
+            self._rebalance()
+        elif seeds:
             self._allocate(self._component(seeds))
         self._schedule()
         for f in done:
@@ -230,6 +276,10 @@ class Network:
         if not self.active:
             return
         dt = min(f.remaining / f.rate for f in self.active)
+        for r in self.buckets:  # a bucket that runs dry changes the rates
+            over = self._usage(r) - self.sustained_Bps[r]
+            if over > 1e-9 * self.sustained_Bps[r] and self.tokens[r] > 0:
+                dt = min(dt, self.tokens[r] / over)
         version = self._version
         self.env.timeout(max(dt, 0.0)).callbacks.append(lambda _e: self._finish_due(version))
 

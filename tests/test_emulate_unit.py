@@ -4,7 +4,6 @@ predicts real gloo (the simulator's pipelined ring, on hand-computed cases), the
 fit, the validation summary and its recompute loop, the rank environment and the CLI's refusals."""
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import struct
@@ -135,19 +134,29 @@ def _all_reduce(groups, size_bytes):
     # 2 MiB: segments of 512 KiB, s = 5.24 ms: still 2 per half
     (2 << 20, 2 * (2 * 0.01 + 2 * (512 << 10) / 1e8)),
     # 8 MiB: 4 segments of 1 MiB per half, s = 10.49 ms < 2L: latency-bound, segments 2 and 3
-    # wait for the notices sent when 0 and 1 arrived: per half 4L + 3s (not 4 x (2L + s))
-    (8 << 20, 2 * (4 * 0.01 + 3 * (1 << 20) / 1e8)),
+    # wait for the notices sent when 0 and 1 arrived (at 2L + s, 2L + 2s). Both directions are
+    # one TCP connection, so the notice for segment 2 leaves only after the reverse segment 1
+    # (on the wire until L + 2s > 2L + s); segment 3's notice ties with the reverse segment 2
+    # and goes first: per half 3L + 4s (without the shared connection 4L + 3s)
+    (8 << 20, 2 * (3 * 0.01 + 4 * (1 << 20) / 1e8)),
 ])
 def test_pipelined_two_rank_all_reduce_hand_computed(size, expected_s):
     assert _pipelined_s(_wan_pair(), _all_reduce([(0, 1)], size)) == pytest.approx(expected_s, rel=1e-9)
 
 
-def test_pipelined_bandwidth_bound_keeps_the_wire_busy():
-    # s = 10.49 ms > 2L = 2 ms: the notice for segment 2 is back before segment 1 has left, so
-    # the connection streams: per half 2L + 4s (one TCP stream: its segments leave in turn)
+def test_pipelined_bandwidth_bound_notice_queues_behind_reverse_data():
+    # s = 10.49 ms > 2L = 2 ms. Were the notice separate, segment 2's would be back before
+    # segment 1 has left and the wire would stream (per half 2L + 4s). It shares the TCP
+    # connection with the reverse data, so it leaves after the reverse segment 1 (L + 2s) and
+    # segment 2 waits L on the wire: per half 3L + 4s
     topo = _wan_pair(one_way_s=0.001)
-    expected = 2 * (2 * 0.001 + 4 * (1 << 20) / 1e8)
+    expected = 2 * (3 * 0.001 + 4 * (1 << 20) / 1e8)
     assert _pipelined_s(topo, _all_reduce([(0, 1)], 8 << 20)) == pytest.approx(expected, rel=1e-9)
+    # without the rendezvous nothing waits for a notice: the wire streams, per half L + 4s
+    from simulator.collectives import Pipeline
+
+    bare = _pipelined_s(topo, _all_reduce([(0, 1)], 8 << 20), Pipeline(rendezvous=False))
+    assert bare == pytest.approx(2 * (0.001 + 4 * (1 << 20) / 1e8), rel=1e-9)
 
 
 def test_pipelined_ring_beats_synchronous_rounds_and_groups_share_the_wan():
@@ -162,11 +171,12 @@ def test_pipelined_ring_beats_synchronous_rounds_and_groups_share_the_wan():
     assert _pipelined_s(topo, plan) == pytest.approx(2 * (3 * (0.002 + s) + s), rel=1e-6)
     assert _pipelined_s(topo, plan) < 0.85 * 6 * (0.002 + (256 << 10) / 125e6)
     # two 2-rank groups across the same WAN: their segments share the link, s doubles
+    # (per half 3L + 4s, as in the 2-rank case above)
     one = _pipelined_s(topo, _all_reduce([(0, 2)], 8 << 20))
     two = _pipelined_s(topo, _all_reduce([(0, 2), (1, 3)], 8 << 20))
     seg = (1 << 20) / 125e6
-    assert one == pytest.approx(2 * (2 * 0.001 + 4 * seg), rel=1e-6)
-    assert two == pytest.approx(2 * (2 * 0.001 + 4 * 2 * seg), rel=1e-6)
+    assert one == pytest.approx(2 * (3 * 0.001 + 4 * seg), rel=1e-6)
+    assert two == pytest.approx(2 * (3 * 0.001 + 4 * 2 * seg), rel=1e-6)
 
 
 def test_call_overhead_is_paid_once_per_step():
@@ -223,6 +233,32 @@ def test_model_topology_keeps_the_configured_wan_and_takes_the_local_constants()
     assert pipe.call_overhead_s == pytest.approx(0.002) and pipe.window == 2 and pipe.rendezvous
     # inside a site the route stays in the node
     assert all(link[1].endswith("/nvs") or link[0].endswith("/nvs") for link in Routes(m).path(0, 1))
+    # the WAN links carry the shaper's bucket as netns configures tbf (2 ms of the rate, >= 4
+    # packets of 9000 B), bursting at the local rate; the links inside a site carry none
+    routes = Routes(m)
+    caps = routes.capacities()
+    wan = [k for k, link in routes.links.items() if link.tier == "wan"]
+    assert pipe.buckets(caps, wan) == {k: (pytest.approx(0.002 * 0.9 * 125e6), 1e9) for k in wan}
+    slow = specmod.with_wan(load_topology("tiny-2site"), one_way_s=0.01, bandwidth_Bps=1e6)
+    m2, pipe2 = calibrate.model_for(slow, c)
+    r2 = Routes(m2)
+    wan2 = [k for k, link in r2.links.items() if link.tier == "wan"]
+    assert {b for b, _ in pipe2.buckets(r2.capacities(), wan2).values()} == {4 * 9000}
+
+
+def test_shaper_burst_carries_small_messages_at_the_peak():
+    from simulator.collectives import Pipeline
+
+    # 4 KiB 2-rank all-reduce at 100 MB/s, 10 ms: 1 KiB segments, per half 2L + 2s (above);
+    # inside the 200 KB burst each segment is serialized at the 1 GB/s peak instead
+    shaped = Pipeline(shaper_burst_s=0.002, shaper_peak_Bps=1e9)
+    got = _pipelined_s(_wan_pair(), _all_reduce([(0, 1)], 4 << 10), shaped)
+    assert got == pytest.approx(2 * (2 * 0.01 + 2 * 1024 / 1e9), rel=1e-9)
+    # 8 MiB (1 MiB segments, beyond the burst): the bucket refills in the idle gaps while a
+    # notice crosses, so each of the 8 segments saves at most the burst's bytes at the rate
+    bare = _pipelined_s(_wan_pair(), _all_reduce([(0, 1)], 8 << 20))
+    big = _pipelined_s(_wan_pair(), _all_reduce([(0, 1)], 8 << 20), shaped)
+    assert bare - 8 * 2e5 / 1e8 <= big < bare - 2e5 / 1e8
 
 
 def test_recompute_from_a_raw_file_prints_before_and_after(tmp_path, capsys):
@@ -316,3 +352,70 @@ def test_cli_bad_values_are_user_errors():
         effective_topology("single-site-3072")
     with pytest.raises(UserError):
         effective_topology("tiny-2site", ranks_per_site=0)
+
+
+def test_warm_cases_pick_one_case_per_strategy_near_16_mib():
+    from experiments.emulate.worker import warm_cases
+
+    mib = 1 << 20
+    cases = [{"strategy": s, "size_bytes": n * mib, "chunks": 4} for n in (1, 4, 16, 64)
+             for s in ("flat_ring", "hierarchical", "chunked")]
+    cases.append({"strategy": "chunked", "size_bytes": 4 * mib, "chunks": 8})
+    picked = [(cases[i]["strategy"], cases[i]["chunks"], cases[i]["size_bytes"] // mib) for i in warm_cases(cases)]
+    assert sorted(picked) == [("chunked", 4, 16), ("chunked", 8, 4), ("flat_ring", 4, 16), ("hierarchical", 4, 16)]
+    # every size beyond 16 MiB: the smallest
+    big = [{"strategy": "x", "size_bytes": n * mib} for n in (64, 32)]
+    assert [big[i]["size_bytes"] for i in warm_cases(big)] == [32 * mib]
+
+
+def test_shipped_measurements_stay_predicted():
+    """The 12 emulated configs measured here (experiments/emulate/measured/, 126 cases), with
+    today's model, meet the issue's targets: a model change that loses accuracy on real gloo
+    fails here. When shipped: median |error| 2.7%, worst 17.8%, every ranking identical or a
+    swap of strategies measured within 5% of each other (4 of 42)."""
+    from experiments.emulate.validate import rows_from_raw, summarize
+    from experiments.report_sections import shipped_measurements
+
+    rows = rows_from_raw(shipped_measurements())
+    s = summarize(rows)
+    assert s["cases"] == 126 and len({r["config"] for r in rows}) == 12
+    assert s["median_abs_error_pct"] <= 5.0  # the issue's target is 10%, its stretch 5%
+    assert s["worst_abs_error_pct"] <= 25.0
+    assert s["ranking_mismatches"] == [] and len(s["ranking_ties"]) <= 5
+
+
+def test_one_forwarder_carries_every_wan_byte():
+    from simulator.collectives import Pipeline
+
+    # 2 sites x 2 ranks, a 1 GB/s WAN that never binds, the delay line good for 100 MB/s: the
+    # two groups' four directions share it, 25 MB/s each. Without the rendezvous the window
+    # streams (s = 41.9 ms > L): per half L + 4s
+    topo = _wan_pair(one_way_s=0.01, rate_Bps=1e9, ranks_per_site=2)
+    plan = _all_reduce([(0, 2), (1, 3)], 8 << 20)
+    pipe = Pipeline(rendezvous=False, forwarder_Bps=1e8)
+    assert _pipelined_s(topo, plan, pipe) == pytest.approx(2 * (0.01 + 4 * (1 << 20) / 25e6), rel=1e-9)
+    # inside a site nothing crosses the forwarder
+    local = _all_reduce([(0, 1), (2, 3)], 8 << 20)
+    assert _pipelined_s(topo, local, pipe) == _pipelined_s(topo, local, Pipeline(rendezvous=False))
+
+
+def test_forwarder_capacity_from_the_delay_lines_cpu(tmp_path):
+    import os
+
+    calib = {"wan_all": {"pairs": 2, "sizes_bytes": [4096, 1 << 20, 16 << 20], "repeats": 7,
+                         "forwarder_cpu_s": [0.01, 0.05, 1.4]}}
+    # 2 pairs x 2 x 16 MiB x 7 runs in 1.4 CPU-s
+    assert calibrate.forwarder_Bps(calib) == pytest.approx(2 * 2 * (16 << 20) * 7 / 1.4)
+    assert calibrate.forwarder_Bps({"wan": {"pairs": 1, "sizes_bytes": [1 << 20], "repeats": 5}}) == 0.0
+    # the clock reads another process's CPU time from /proc; here: this process's own
+    assert calibrate.delayline_cpu_clock(None) is None
+    assert calibrate.delayline_cpu_clock(str(tmp_path)) is None  # no delayline.pid
+    (tmp_path / "delayline.pid").write_text(f"{os.getpid()}\n")
+    clock = calibrate.delayline_cpu_clock(str(tmp_path))
+    before = clock()
+    sum(i * i for i in range(300_000))
+    assert clock() >= before > 0
+    # fit carries it into the model's pipeline
+    topo = specmod.with_wan(load_topology("tiny-2site"), one_way_s=0.01, bandwidth_Bps=125e6)
+    c = calibrate.Calibration(0.002, 1e-4, 6e8, 1.0, forwarder_Bps=3e8)
+    assert calibrate.model_for(topo, c)[1].forwarder_Bps == 3e8

@@ -38,6 +38,8 @@ def test_validate_writes_measured_predicted_and_bound(tmp_path, capsys):
         assert meas >= 0.8 * bound  # gloo's ring pipelining can beat the synchronous-round bound a little
         assert float(r["probe_wan_alpha_ms"]) >= 5.0  # at least the configured one-way delay
         assert float(r["calib_call_overhead_ms"]) >= 0 and 0.25 <= float(r["calib_wan_efficiency"]) <= 1
+        # the delay line's CPU was read while the WAN was saturated: a capacity of a few hundred MB/s
+        assert 20 <= float(r["calib_forwarder_MBps"]) <= 5000
     # the simulator's ranking: hierarchical sends half the bytes and half the WAN rounds
     by = {r["strategy"]: float(r["measured_median_ms"]) for r in rows}
     assert by["hierarchical"] < by["flat_ring"]

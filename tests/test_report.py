@@ -83,3 +83,11 @@ def test_chromium_renders_the_report_without_missing_images(report, tmp_path):
                    capture_output=True, timeout=120)
     assert shot.stat().st_size > 50_000
     shutil.copy(shot, os.path.join(os.path.dirname(report), "screenshot.png"))
+
+
+def test_section_6_sets_the_shipped_measurements_beside_todays_model(report):
+    html = open(os.path.join(report, "index.html"), encoding="utf-8").read()
+    section = html[html.index('id="measured"'):html.index('id="runs"')]
+    assert "experiments/emulate/measured/" in section and "126 cases: median |error|" in section
+    with open(os.path.join(report, "measured_table.csv"), newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 126

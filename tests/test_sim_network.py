@@ -6,7 +6,7 @@ import pytest
 import simpy
 
 from experiments.configs import raw_topology
-from hdc.topology import load_topology, preset_names, topology_from_dict
+from hdc.topology import load_topology, topology_from_dict
 from simulator.network import Network, Routes, atoms
 
 
@@ -127,3 +127,50 @@ def test_routes_are_shared_by_equal_topologies_only():
     c = topology_from_dict(raw)
     assert routes_for(c) is not routes_for(a)
     assert routes_for(c).latency_s(routes_for(c).path(0, c.num_gpus - 1)) > 0.049
+
+
+# ---------------------------------------------------------------- token buckets (shaped links)
+def _run_bucketed(flows, caps, buckets):
+    env = simpy.Environment()
+    net = Network(env, caps, buckets)
+    out = {}
+
+    def one(i, start, w, size):
+        yield env.timeout(start)
+        yield net.transfer(w, size)
+        out[i] = env.now
+
+    for i, f in enumerate(flows):
+        env.process(one(i, *f))
+    env.run()
+    return [out[i] for i in range(len(flows))], net
+
+
+def test_token_bucket_passes_a_burst_at_peak_then_the_rate():
+    R, P, b = 1e8, 1e9, 1e6  # 100 MB/s sustained, 1 GB/s peak, 1 MB of tokens
+    # small flow: all of it inside the burst, at the peak
+    assert _run_bucketed([(0, {"L": 1}, 5e5)], {"L": R}, {"L": (b, P)})[0] == [pytest.approx(5e5 / P)]
+    # large flow: tokens drain at P - R for b / (P - R) s, carrying P x that; the rest at R
+    t_burst = b / (P - R)
+    first = t_burst + (5e6 - P * t_burst) / R
+    times, net = _run_bucketed([(0, {"L": 1}, 5e6), (first + 0.005, {"L": 1}, 5e6)], {"L": R}, {"L": (b, P)})
+    assert times[0] == pytest.approx(first, rel=1e-9)
+    # 5 ms idle refill R x 5 ms = 0.5 MB of tokens (not the whole bucket)
+    t2 = 5e5 / (P - R)
+    assert times[1] == pytest.approx(first + 0.005 + t2 + (5e6 - P * t2) / R, rel=1e-9)
+    assert net.tokens["L"] == 0.0
+
+
+def test_token_bucket_flows_share_the_peak_and_the_rate_fairly():
+    R, P, b = 1e8, 1e9, 1e6
+    (a, c), _ = _run_bucketed([(0, {"L": 1}, 2e6), (0, {"L": 1}, 2e6)], {"L": R}, {"L": (b, P)})
+    t_burst = b / (P - R)  # both at P / 2 until the tokens are gone, then R / 2 each
+    assert a == c == pytest.approx(t_burst + (4e6 - P * t_burst) / R, rel=1e-9)
+    # a flow limited elsewhere (Q at 50 MB/s) leaves tokens to refill: the bucket never empties
+    (x,), net = _run_bucketed([(0, {"L": 1, "Q": 1}, 5e6)], {"L": R, "Q": 5e7}, {"L": (b, P)})
+    assert x == pytest.approx(0.1) and net.tokens["L"] == b
+
+
+def test_token_bucket_rejects_a_peak_below_the_rate():
+    with pytest.raises(ValueError, match="peak"):
+        Network(simpy.Environment(), {"L": 1e9}, {"L": (1e6, 1e8)})

@@ -11,7 +11,8 @@ warm-up:
   local    - every site's first two ranks at once, 4 KiB, 1 MiB and 16 MiB
   wan      - rank 0 of site 0 with rank 0 of site 1, alone: 4 KiB and two sizes scaled to
              the WAN rate
-  wan_all  - every rank-j pair between sites 0 and 1 at once (a check: not used by the model)
+  wan_all  - every rank-j pair between sites 0 and 1 at once; while its largest size runs, the
+             delay line's CPU time gives its cost per byte, hence its capacity (one core)
 
 `fit` turns the medians into the model's constants (`Calibration`) by running the probe's own
 plans through the model that predicts the validated plans — the simulator's `pipelined` mode
@@ -92,24 +93,70 @@ def fit_alpha_beta(sizes_bytes, times_s) -> tuple[float, float]:
     return max(float(alpha), 0.0), float(bw)
 
 
-def run_probe(topology: Topology, plans: dict[str, list[Plan]], measure, repeats: int = 5) -> dict:
+def run_probe(topology: Topology, plans: dict[str, list[Plan]], measure, repeats: int = 5,
+              forwarder_cpu_s=None) -> dict:
     """Rank side: `measure(plan) -> seconds` (every rank calls it for every plan, same order).
-    Returns per probe the sizes, ops, medians and the descriptive 2α + n/B fit (same on every rank)."""
+    Returns per probe the sizes, ops, medians and the descriptive 2α + n/B fit (same on every rank).
+    `forwarder_cpu_s() -> seconds`: the delay line's CPU time so far; with it each size also
+    records the CPU the delay line spent on its timed repeats (`forwarder_cpu_s`)."""
     out = {}
     for name, plist in plans.items():
         if not plist:
             continue
-        sizes, med = [], []
+        sizes, med, cpu = [], [], []
         for plan in plist:
             measure(plan)  # warm-up: connections, TCP window, allocator
+            c0 = forwarder_cpu_s() if forwarder_cpu_s else 0.0
             ts = [measure(plan) for _ in range(repeats)]
+            cpu.append(forwarder_cpu_s() - c0 if forwarder_cpu_s else None)
             sizes.append(plan.numel * plan.element_size)
             med.append(statistics.median(ts))
         alpha, bw = fit_alpha_beta(sizes, med)
         pairs = len(plist[0].steps[0].groups)
         out[name] = {"sizes_bytes": sizes, "median_s": med, "ops": [s.op for s in plist[0].steps],
-                     "alpha_s": alpha, "bandwidth_Bps": bw, "pairs": pairs, "aggregate_Bps": bw * pairs}
+                     "alpha_s": alpha, "bandwidth_Bps": bw, "pairs": pairs, "aggregate_Bps": bw * pairs,
+                     "repeats": repeats}
+        if forwarder_cpu_s:
+            out[name]["forwarder_cpu_s"] = cpu
     return out
+
+
+def delayline_cpu_clock(state_dir: str | None):
+    """() -> CPU seconds the emulation's delay line has used (from /proc: it is another
+    process), or None where there is none (netem or direct mode, no state folder)."""
+    import os
+
+    try:
+        with open(os.path.join(state_dir or "", "delayline.pid")) as fh:
+            pid = int(fh.read().split()[0])
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+    def cpu_s() -> float:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+    try:
+        cpu_s()
+    except (OSError, ValueError, IndexError):
+        return None
+    return cpu_s
+
+
+def forwarder_Bps(calib: dict) -> float:
+    """The delay line's capacity: one core over its CPU cost per byte, measured while the
+    `wan_all` probe's largest size ran (every rank pair between two sites at once, the WAN
+    saturated: the shaped regime, the delay line's costliest per byte). A 2-rank all-reduce of
+    n bytes sends n each way: pairs × 2n per run. 0 where not measured (no delay line, older
+    raw files)."""
+    w = calib.get("wan_all") or calib.get("wan", {})  # one rank per site: the one pair
+    cpu = (w.get("forwarder_cpu_s") or [None])[-1]
+    if not cpu:
+        return 0.0
+    moved = w["pairs"] * 2 * w["sizes_bytes"][-1] * w["repeats"]
+    return moved / cpu
 
 
 @dataclass(frozen=True)
@@ -121,6 +168,7 @@ class Calibration:
     local_latency_s: float  # one-way latency between two ranks of a site, beyond the call overhead
     local_Bps: float  # rate between two ranks of a site, every site's pair at once (loopback + CPU)
     wan_efficiency: float  # fraction of the configured WAN rate the largest WAN probe reaches (<= 1)
+    forwarder_Bps: float = 0.0  # the delay line's capacity for all WAN bytes together (0: unlimited)
 
 
 def model_for(topology: Topology, c: Calibration) -> tuple[Topology, Pipeline]:
@@ -128,8 +176,12 @@ def model_for(topology: Topology, c: Calibration) -> tuple[Topology, Pipeline]:
     Every WAN path keeps its configured one-way delay (the delay line holds each packet that
     long; its own lateness is 40-100 us) and its configured rate × wan_efficiency; ranks of a
     site talk at (local_latency_s, local_Bps); each collective call costs call_overhead_s;
-    gloo's ring (segments, window, rendezvous) is `Pipeline`'s defaults."""
-    from experiments.emulate.spec import wan_pair
+    gloo's ring (segments, window, rendezvous) is `Pipeline`'s defaults. The WAN links carry
+    the shaper's token bucket exactly as `netns` configures tbf/htb (2 ms of the rate, at least
+    4 packets); a burst passes at the rate of an unshaped path, for which the local rate
+    stands in (a loopback TCP path through this machine's kernel, like the TUN path unshaped)."""
+    from experiments.emulate.netns import BURST_MIN_MTUS, BURST_S
+    from experiments.emulate.spec import EmulationSpec, wan_pair
 
     cross = {}
     for w in topology.wan:
@@ -137,7 +189,9 @@ def model_for(topology: Topology, c: Calibration) -> tuple[Topology, Pipeline]:
         cross[tuple(w.sites)] = wan_pair(topology, a, b)[0]
     topo = with_tiers(topology, node=(c.local_latency_s, c.local_Bps), cross_site_s=cross,
                       wan_share=c.wan_efficiency, name_suffix="+calibrated")
-    return topo, Pipeline(call_overhead_s=c.call_overhead_s)
+    return topo, Pipeline(call_overhead_s=c.call_overhead_s, shaper_burst_s=BURST_S,
+                          shaper_min_burst_bytes=BURST_MIN_MTUS * EmulationSpec.mtu_bytes,
+                          shaper_peak_Bps=c.local_Bps, forwarder_Bps=c.forwarder_Bps)
 
 
 def _simulate(topology: Topology, c: Calibration, plan: Plan) -> float:
@@ -151,14 +205,16 @@ def _simulate(topology: Topology, c: Calibration, plan: Plan) -> float:
 
 def fit(topology: Topology, calib: dict) -> Calibration:
     """The model's constants from the probe's medians (`run_probe`'s result):
-    1. local_Bps: slope of the local probe's two largest sizes (loopback is never latency-bound);
-    2. call_overhead_s: the smallest WAN probe's time minus the model's time for it (the
+    1. call_overhead_s: the smallest WAN probe's time minus the model's time for it (the
        configured delay, twice per message: gloo's rendezvous);
-    3. local_latency_s: what the smallest local probe leaves after the call overhead, over the
+    2. local_latency_s: what the smallest local probe leaves after the call overhead, over the
        model's sensitivity to that latency;
+    3. local_Bps: the rate at which the model's time for the largest local probe is the
+       measured one (starting from the slope of the two largest sizes: loopback is never
+       latency-bound, but the model's 2-rank ring is not a plain n / B);
     4. wan_efficiency: the configured WAN rate is scaled down (never up) until the model's time
        for the largest WAN probe reaches the measured one.
-    2-4 depend on each other a little (a slower WAN lengthens the 4 KiB probe too): three passes."""
+    They depend on each other a little (a slower WAN lengthens the 4 KiB probe too): three passes."""
     specs = probe_specs(topology)
 
     def plans(name: str) -> dict[int, Plan]:  # as the probe ran them (older raw files: all-reduce)
@@ -172,7 +228,7 @@ def fit(topology: Topology, calib: dict) -> Calibration:
         local_Bps = fit_alpha_beta(calib["local"]["sizes_bytes"], calib["local"]["median_s"])[1]
     else:  # one rank per site: no intra-site steps, keep the file's numbers
         local_Bps = topology.sites[0].intra_node.bandwidth_Bps
-    c = Calibration(0.0, 0.0, local_Bps, 1.0)
+    c = Calibration(0.0, 0.0, local_Bps, 1.0, forwarder_Bps(calib))
     wan_t, wan_plans = measured("wan"), plans("wan")
     small, big = min(wan_t), max(wan_t)
     for _ in range(3):
@@ -184,16 +240,26 @@ def fit(topology: Topology, calib: dict) -> Calibration:
             t0 = _simulate(topology, replace(c, local_latency_s=0.0), loc_plan)
             per_s = (_simulate(topology, replace(c, local_latency_s=1e-3), loc_plan) - t0) / 1e-3
             c = replace(c, local_latency_s=max((loc_t[min(loc_t)] - t0) / per_s, 0.0))
-        lo, hi = 0.25, 1.0  # efficiency: the model's time falls as it rises
-        if _simulate(topology, replace(c, wan_efficiency=hi), wan_plans[big]) < wan_t[big]:
-            for _ in range(30):
-                mid = (lo + hi) / 2
-                if _simulate(topology, replace(c, wan_efficiency=mid), wan_plans[big]) > wan_t[big]:
-                    lo = mid
-                else:
-                    hi = mid
-        c = replace(c, wan_efficiency=hi)
+            big_plan = plans("local")[max(loc_t)]
+            c = replace(c, local_Bps=_solve(lambda x: _simulate(topology, replace(c, local_Bps=x), big_plan),
+                                            loc_t[max(loc_t)], local_Bps / 4, local_Bps * 4, geometric=True))
+        c = replace(c, wan_efficiency=_solve(lambda x: _simulate(topology, replace(c, wan_efficiency=x), wan_plans[big]),
+                                             wan_t[big], 0.25, 1.0))
     return c
+
+
+def _solve(model, measured: float, lo: float, hi: float, geometric: bool = False) -> float:
+    """The x in [lo, hi] at which `model(x)` (a time falling as x rises) is `measured`, by
+    bisection; hi where even hi is slower than measured. Never beyond the range."""
+    if model(hi) >= measured:
+        return hi
+    for _ in range(30):
+        mid = math.sqrt(lo * hi) if geometric else (lo + hi) / 2
+        if model(mid) > measured:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def wan_share(topology: Topology, calib: dict) -> float:

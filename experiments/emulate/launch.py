@@ -31,6 +31,7 @@ def rank_env(spec: EmulationSpec, rank: int, master_port: int, topology_file: st
         "MASTER_ADDR": spec.sites[spec.ranks_site[0]].addr, "MASTER_PORT": str(master_port),
         "GLOO_SOCKET_IFNAME": site.dev, "NCCL_SOCKET_IFNAME": site.dev,
         "HDC_TOPOLOGY": topology_file, "HDC_SITE": site.name, "HDC_SITE_ADDR": site.addr,
+        "HDC_EMULATE_STATE": spec.state_dir,
         "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
         "PYTHONPATH": PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
     })

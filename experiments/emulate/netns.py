@@ -100,9 +100,13 @@ def resolve_mode(mode: str) -> str:
 
 
 # ------------------------------------------------------------------ shaping
+BURST_S = 0.002  # the shaper's bucket: ~2 ms of line rate...
+BURST_MIN_MTUS = 4  # ...and at least 4 full packets (the simulator models the same bucket)
+
+
 def _rate_args(bandwidth_Bps: float, mtu_bytes: int) -> tuple[str, str, str]:
     bits = int(bandwidth_Bps * 8)
-    burst = max(4 * mtu_bytes, int(bandwidth_Bps * 0.002))  # ~2 ms of line rate
+    burst = max(BURST_MIN_MTUS * mtu_bytes, int(bandwidth_Bps * BURST_S))
     limit = max(1 << 20, int(bandwidth_Bps * 0.05))  # ~50 ms of queue: TCP backs off before it
     return f"{bits}bit", str(burst), str(limit)
 

@@ -51,6 +51,7 @@ COLUMNS = ["config", "sites", "ranks_per_site", "one_way_ms", "bandwidth_Mbps", 
            "repeats", "measured_median_ms", "measured_min_ms", "measured_max_ms", "spread_pct",
            "predicted_ms", "error_pct", "alpha_beta_bound_ms", "measured_over_bound", "model", "executor",
            "calib_call_overhead_ms", "calib_local_latency_us", "calib_local_MBps", "calib_wan_efficiency",
+           "calib_forwarder_MBps",
            "probe_wan_alpha_ms", "probe_wan_extra_ms", "probe_wan_flow_Mbps", "probe_wan_share"]
 
 
@@ -152,6 +153,7 @@ def rows_for(config: str, topo: Topology, res: dict) -> list[dict]:
             "calib_local_latency_us": constants.local_latency_s * 1e6,
             "calib_local_MBps": constants.local_Bps / 1e6,
             "calib_wan_efficiency": constants.wan_efficiency,
+            "calib_forwarder_MBps": constants.forwarder_Bps / 1e6,
             "probe_wan_alpha_ms": calib["wan"]["alpha_s"] * 1e3, "probe_wan_extra_ms": extra_s * 1e3,
             "probe_wan_flow_Mbps": flow_Bps * 8 / 1e6, "probe_wan_share": calibrate.wan_share(topo, calib)})
     return rows
@@ -172,6 +174,10 @@ def _print_calibration(config: str, topo: Topology, calib: dict) -> None:
         pts = ", ".join(f"{n / 2**10:g} KiB: {t * 1e3:.2f} ms" for n, t in zip(c["sizes_bytes"], c["median_s"]))
         print(f"{config} probe {name}: {pts} -> alpha {c['alpha_s'] * 1e3:.3f} ms, "
               f"B {c['bandwidth_Bps'] * 8 / 1e6:.0f} Mbit/s", flush=True)
+    fwd = calibrate.forwarder_Bps(calib)
+    if fwd:
+        print(f"{config} delay line: {fwd / 1e6:.0f} MB/s of WAN traffic per core (its CPU during the "
+              f"largest {'wan_all' if 'wan_all' in calib else 'wan'} probe)", flush=True)
 
 
 def print_table(rows: list[dict], file=sys.stdout) -> None:
@@ -252,12 +258,10 @@ def read_csv(path: str) -> list[dict]:
     return rows
 
 
-def recompute(raw_paths: list[str], out: str, baseline: list[str] | None = None) -> int:
-    """Rows from saved measurements with today's model (no root, no measuring). With
-    `baseline`, the same cases' predictions from those CSVs are summarized first ("before")."""
+def rows_from_raw(raw_paths: list[str]) -> list[dict]:
+    """The CSV rows of saved measurements (`<csv>.raw.jsonl`), predicted by today's model."""
     from hdc.topology import topology_from_dict
 
-    before = [r for path in baseline or [] for r in read_csv(path)]
     rows = []
     for raw_path in raw_paths:
         try:
@@ -267,6 +271,14 @@ def recompute(raw_paths: list[str], out: str, baseline: list[str] | None = None)
                     rows += rows_for(rec["config"], topology_from_dict(rec["topology"], raw_path), rec["result"])
         except OSError as e:
             raise UserError(f"--recompute: {e.strerror}: {raw_path}") from None
+    return rows
+
+
+def recompute(raw_paths: list[str], out: str, baseline: list[str] | None = None) -> int:
+    """Rows from saved measurements with today's model (no root, no measuring). With
+    `baseline`, the same cases' predictions from those CSVs are summarized first ("before")."""
+    before = [r for path in baseline or [] for r in read_csv(path)]
+    rows = rows_from_raw(raw_paths)
     write_csv(rows, out)
     print_table(rows)
     if before:
