@@ -2,31 +2,42 @@
 
     .venv/bin/python benchmarks/emulated_grpo.py [--one-way-delay 10ms] [--bandwidth 1Gbps] [--steps 8]
                                                  [--strategy hierarchical] [--bucket-mb 25] [--warm]
+                                                 [--sysctl KEY=VALUE ...] [--out RESULT.json] [--work-dir DIR]
 
 Brings up tiny-2site as 2 sites x 2 ranks (prefix `hdcgrpo`; torn down at the end, also on
-failure or Ctrl-C), runs `hdc train` once per rank inside its site on the small recipe of the
-reliability tests (trainer.testing.tiny_assets: the small Qwen2 model, arithmetic prompts,
-length reward, 8 completions per rank per step, float32) and reads `time/sync_s` from the rank-0
-metrics.jsonl (the max over ranks of the time a rank WAITED for gradient sync in that step).
+failure or Ctrl-C) and, in those sites, one after the other:
+1. `hdc validate`'s worker (experiments.emulate.worker: the same launcher and allocator setting)
+   with one case: its calibration probe, so the model's constants are this config's, measured
+   on the same namespaces, delay line and TCP settings right before training; then the
+   strategy's plan over the whole gradient (the trainer's plan when it has one bucket) timed
+   alone from a common start, as `hdc validate` times a case;
+2. `hdc train` once per rank on the small recipe of the reliability tests
+   (trainer.testing.tiny_assets: the small Qwen2 model, arithmetic prompts, length reward, 8
+   completions per rank per step, float32), reading the rank-0 metrics.jsonl.
 
-Beside it, for the same gradient sync: the plan the trainer builds (hdc.strategies.bucketed over
-the model's parameter buckets, reverse registration order, cap distributed.bucket_size_mb; 4-byte
-elements) timed alone by `simulator.collectives.simulate_plan` on the emulated topology (delay
-and bandwidth overrides applied, nothing calibrated) and its alpha-beta bound `hdc.cost.plan_time_s`.
+Measured per step: `time/sync_s`, the longest time one rank waited in the gradient sync, and its
+two parts from every rank's wall-clock entry into and exit from finish()
+(trainer.grpo.sync_wait_parts): `time/sync_skew_s`, the wait for the last rank to arrive, and
+`time/sync_collective_s`, from the last arrival to the last exit: the sync itself.
 
-The two are not the same quantity: buckets are synchronized while backward is still running,
-so time/sync_s is only the exposed part of the sync (what overlap did not hide): it times
-after_backward + finish (fire what is left, wait) + after_optimizer_step; the trainer's metric
-all-reduces are outside it. With this model's one bucket (1.5 MB < the 25 MB cap) the bucket fires
-when backward has produced its last gradient, so little is hidden and time/sync_s is close to the
-whole sync. Step 1 (connection set-up, first window) is
-excluded from the median. `--warm` sets net.ipv4.tcp_slow_start_after_idle=0 in the sites (as
-`hdc validate` does); by default the kernel restarts TCP slow start after the idle gap between
-steps, as a real job on default settings would.
+Predicted, for the plan the trainer builds (hdc.strategies.bucketed over the model's parameter
+buckets, reverse registration order, cap distributed.bucket_size_mb; 4-byte elements), run alone
+from a common start:
+  calibrated    - `hdc validate`'s model: the simulator's `pipelined` mode (gloo's ring) on the
+                  topology with the probe's constants (calibrate.fit, calibrate.model_for)
+  uncalibrated  - simulate_plan's default (coflow) mode on the topology as written
+  bound         - hdc.cost.plan_time_s, the alpha-beta time on the topology as written
+The collective part compares with the calibrated prediction; the plan timed alone separates the
+model's error (alone vs predicted) from what the training step adds (collective vs alone).
+Medians are over steps 2..N (step 1 pays connection set-up). `--warm` sets
+net.ipv4.tcp_slow_start_after_idle=0 in the sites (as `hdc validate` does); `--sysctl` sets any
+other, e.g. the congestion control (docs/emulation.md shows what the host's BBR does here).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import statistics
 import sys
@@ -40,37 +51,95 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from trainer.logs import read_metrics  # noqa: E402
 
 PREFIX = "hdcgrpo"
+# Strategies whose sync is `bucketed` over size-capped buckets (chunked buckets by chunk and
+# pipelines its chunks; the distributed optimizer adds a parameter phase: not predicted here).
+STRATEGIES = ("flat_ring", "hierarchical")
+MEASURED = {"sync_ms": "time/sync_s", "skew_ms": "time/sync_skew_s", "collective_ms": "time/sync_collective_s"}
+PREDICTED = ("calibrated_ms", "uncalibrated_ms", "bound_ms")
 
 
-def model_buckets(model_dir: str, bucket_cap_bytes: int) -> tuple[list[int], int]:
-    """(bucket numels, element size) exactly as DistGradientSync._make_buckets forms them."""
-    from transformers import AutoModelForCausalLM
+def model_buckets(model, bucket_cap_bytes: int, strategy_name: str = "hierarchical") -> tuple[list[int], int]:
+    """(bucket numels, element size) as the trainer's DistGradientSync forms them
+    (trainer.dist.grad_sync.bucket_groups over the trainable parameters, reverse registration order)."""
+    from hdc.strategies import make_strategy
+    from trainer.dist.grad_sync import bucket_groups
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype="float32")
     params = list(reversed([p for p in model.parameters() if p.requires_grad]))
-    buckets, cur, size = [], 0, 0
-    for p in params:
-        nbytes = p.numel() * p.element_size()
-        if cur and size + nbytes > bucket_cap_bytes:
-            buckets.append(cur)
-            cur, size = 0, 0
-        cur += p.numel()
-        size += nbytes
-    buckets.append(cur)
-    return buckets, params[0].element_size()
+    groups = bucket_groups(params, make_strategy(strategy_name), bucket_cap_bytes)
+    return [sum(p.numel() for p in g) for g in groups], params[0].element_size()
 
 
-def predict(topology, strategy_name: str, numels: list[int], esize: int) -> dict:
+def predict(topology, calibration, strategy_name: str, numels: list[int], esize: int) -> dict:
+    """The trainer's gradient plan timed alone: calibrated (validate's model), uncalibrated, bound (ms)."""
     from hdc.cost import plan_time_s
     from hdc.strategies import bucketed, make_strategy
+    from experiments.emulate.calibrate import model_for
+    from experiments.emulate.executor import predict_s
     from simulator.collectives import simulate_plan
     from simulator.network import Routes
 
-    plan = bucketed(make_strategy(strategy_name), topology, [list(range(topology.num_gpus))], numels, esize)
-    times = simulate_plan(Routes(topology), plan)
-    return {"plan": plan.strategy, "steps": len(plan.steps),
-            "simulated_s": max((end for _, end in times.values()), default=0.0),
-            "bound_s": plan_time_s(topology, plan)}
+    strategy, dp = make_strategy(strategy_name), [list(range(topology.num_gpus))]
+    plan = bucketed(strategy, topology, dp, numels, esize)
+    model_topo, pipeline = model_for(topology, calibration)
+    calibrated, model = predict_s(model_topo, bucketed(strategy, model_topo, dp, numels, esize), pipeline)
+    uncalibrated = max((end for _, end in simulate_plan(Routes(topology), plan).values()), default=0.0)
+    return {"plan": plan.strategy, "plan_steps": len(plan.steps), "model": model, "calibrated_ms": calibrated * 1e3,
+            "uncalibrated_ms": uncalibrated * 1e3, "bound_ms": plan_time_s(topology, plan) * 1e3}
+
+
+def summarize(rows: list[dict], alone_s: list[float], prediction: dict) -> dict:
+    """Per measured quantity (ms) the median over steps 2..N (all steps when there is one), the
+    median of the plan timed alone, the predictions, and each measurement over the calibrated one."""
+    steady = rows[1:] or rows
+    out = {k: statistics.median(r[metric] for r in steady) * 1e3 for k, metric in MEASURED.items()}
+    out["alone_ms"] = statistics.median(alone_s) * 1e3
+    out.update({k: prediction[k] for k in PREDICTED})
+    for k in ("sync", "collective", "alone"):
+        out[f"{k}_over_calibrated"] = out[f"{k}_ms"] / prediction["calibrated_ms"]
+    out["steps"] = [r["step"] for r in steady]
+    return out
+
+
+def run_worker(spec, topo_file: str, work: Path, master_port: int, case: dict, timeout_s: float) -> dict:
+    """`hdc validate`'s worker in the sites as they are: its calibration probe, then `case` timed
+    from a common start (1 warm-up, 5 repeats). The worker's result (calibration, results)."""
+    from experiments.emulate import launch
+    from experiments.emulate.validate import ALLOCATOR_ENV
+
+    job = {"topology_file": topo_file, "cases": [case], "warmup": 1, "repeats": 5, "out": str(work / "worker.json"),
+           "timeout_s": timeout_s}
+    (work / "worker-job.json").write_text(json.dumps(job))
+    log = work / "worker.log"
+    with open(log, "wb") as fh:
+        procs = launch.start_ranks(spec, [sys.executable, "-m", "experiments.emulate.worker", "--job",
+                                          str(work / "worker-job.json")], topo_file, master_port=master_port,
+                                   stdout=fh, stderr=fh, extra_env=ALLOCATOR_ENV["reuse"])
+        rc = launch.wait_ranks(procs, timeout_s)
+    if rc != 0 or not (work / "worker.json").exists():
+        raise RuntimeError(f"validate's worker failed (rc {rc}); last lines of {log}:\n" + log.read_text()[-3000:])
+    return json.loads((work / "worker.json").read_text())
+
+
+def print_tables(rows: list[dict], s: dict) -> None:
+    print("\nper step (rank-0 log; each value is one step's, over all ranks):")
+    print("| step | time/sync_s ms | skew ms | collective ms | time/step_s s |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['step']} | {r['time/sync_s'] * 1e3:.1f} | {r['time/sync_skew_s'] * 1e3:.1f} | "
+              f"{r['time/sync_collective_s'] * 1e3:.1f} | {r['time/step_s']:.2f} |")
+    steps = f"{s['steps'][0]}..{s['steps'][-1]}"
+    print(f"\n| quantity (median of steps {steps}) | ms |")
+    print("|---|---:|")
+    print(f"| measured time/sync_s (longest wait of one rank) | {s['sync_ms']:.1f} |")
+    print(f"| measured skew (wait for the last rank to enter the sync) | {s['skew_ms']:.1f} |")
+    print(f"| measured collective (last entry to last exit) | {s['collective_ms']:.1f} |")
+    print(f"| measured: the plan alone from a common start (validate's worker, median of 5) | {s['alone_ms']:.1f} |")
+    print(f"| predicted, calibrated pipelined model (as hdc validate) | {s['calibrated_ms']:.1f} |")
+    print(f"| predicted, uncalibrated simulator | {s['uncalibrated_ms']:.1f} |")
+    print(f"| alpha-beta bound | {s['bound_ms']:.1f} |")
+    print(f"| collective / calibrated | {s['collective_over_calibrated']:.2f} |")
+    print(f"| plan alone / calibrated | {s['alone_over_calibrated']:.2f} |")
+    print(f"| time/sync_s / calibrated | {s['sync_over_calibrated']:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,41 +147,58 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one-way-delay", default="10ms")
     ap.add_argument("--bandwidth", default="1Gbps")
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--strategy", default="hierarchical")
+    ap.add_argument("--strategy", default="hierarchical", choices=STRATEGIES)
     ap.add_argument("--bucket-mb", type=float, default=25.0, help="distributed.bucket_size_mb")
     ap.add_argument("--warm", action="store_true", help="tcp_slow_start_after_idle=0 in the sites")
-    ap.add_argument("--out", default=None, help="work directory (default: a fresh temporary one)")
+    ap.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
+                    help="a sysctl to set in every site (repeatable), e.g. net.ipv4.tcp_congestion_control=reno")
+    ap.add_argument("--out", default=None, help="also write the tables, calibration and prediction here (JSON)")
+    ap.add_argument("--work-dir", default=None, help="work directory (default: a fresh temporary one)")
     args = ap.parse_args(argv)
 
     import kill_storm as ks
+    from transformers import AutoModelForCausalLM
+
     from hdc.topology import load_topology
     from hdc.units import parse_bandwidth, parse_time
-    from experiments.emulate import launch, netns
+    from experiments.emulate import calibrate, launch, netns
     from experiments.emulate.spec import build_spec, with_ranks_per_site, with_wan, write_topology
     from trainer.testing import tiny_assets
 
     netns.require_root()
+    if any("=" not in kv for kv in args.sysctl):
+        ap.error(f"--sysctl: expected KEY=VALUE, got {args.sysctl}")
+    sysctl = dict(kv.split("=", 1) for kv in args.sysctl)
+    if args.warm:
+        sysctl["net.ipv4.tcp_slow_start_after_idle"] = "0"
     one_way, bw = parse_time(args.one_way_delay), parse_bandwidth(args.bandwidth)
     topo = with_ranks_per_site(with_wan(load_topology("tiny-2site"), one_way_s=one_way, bandwidth_Bps=bw), 2)
-    work = Path(args.out or tempfile.mkdtemp(prefix="hdc-emulated-grpo-"))
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="hdc-emulated-grpo-"))
+    work.mkdir(parents=True, exist_ok=True)
     assets = tiny_assets(sft_steps=1, num_train=200)
     recipe = ks.write_recipe(work / "recipe.yaml", assets, max_steps=args.steps, save_steps=10 ** 6,
                              save_total_limit=None, timeout_s=60.0, strategy=args.strategy)
     out, log = work / "run", work / "ranks.log"
+    model = AutoModelForCausalLM.from_pretrained(str(assets.sft_model), dtype="float32")
+    numels, esize = model_buckets(model, int(args.bucket_mb * 1e6))
+    alone = {"strategy": args.strategy, "size_bytes": sum(numels) * esize}
+    config = {"topology": "tiny-2site", "sites": 2, "ranks_per_site": 2, "one_way_ms": one_way * 1e3,
+              "bandwidth_Mbps": bw * 8 / 1e6, "strategy": args.strategy,
+              "steps": args.steps, "bucket_mb": args.bucket_mb, "sysctl": sysctl}
 
     netns.down(PREFIX, quiet=True)
     try:
         spec = build_spec(topo, prefix=PREFIX, mode="delayline")
-        sysctl = {"net.ipv4.tcp_slow_start_after_idle": "0"} if args.warm else {}
         spec.extra = {"shaped": True, "sysctl": sysctl}
         netns.up(spec, shape_bandwidth=True)
         topo_file = write_topology(topo, os.path.join(spec.state_dir, "topology.yaml"))
-        argv_train = ks.train_argv(recipe, out, sets=(f"distributed.bucket_size_mb={args.bucket_mb}",))
         print(f"emulated: tiny-2site, 2 sites x 2 ranks, one way {one_way * 1e3:g} ms, {bw * 8 / 1e9:g} Gbit/s, "
-              f"{'warm TCP' if args.warm else 'kernel-default TCP'}; {args.strategy}, {args.steps} steps; "
-              f"work dir {work}", flush=True)
+              f"sysctl {sysctl or 'none'}; {args.strategy}, {args.steps} steps; work dir {work}", flush=True)
+        port = launch.free_port(spec)  # the worker and the run each get their own rendezvous port
+        worker = run_worker(spec, topo_file, work, port, alone, timeout_s=300.0)
+        argv_train = ks.train_argv(recipe, out, sets=(f"distributed.bucket_size_mb={args.bucket_mb}",))
         with open(log, "wb") as fh:
-            procs = launch.start_ranks(spec, argv_train, topo_file, stdout=fh, stderr=fh,
+            procs = launch.start_ranks(spec, argv_train, topo_file, master_port=port + 1, stdout=fh, stderr=fh,
                                        extra_env={"PYTHONUNBUFFERED": "1"})
             rc = launch.wait_ranks(procs, timeout_s=60 + 60 * args.steps)
         dl = netns.status(PREFIX)["delayline_stats"]
@@ -123,33 +209,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     rows = [row for row in read_metrics(out / "metrics.jsonl") if "loss" in row]
-    sync = [r["time/sync_s"] for r in rows]
-    step = [r["time/step_s"] for r in rows]
-    steady = sync[1:] if len(sync) > 1 else sync
-    numels, esize = model_buckets(str(assets.sft_model), int(args.bucket_mb * 1e6))
-    pred = predict(topo, args.strategy, numels, esize)
+    constants = calibrate.fit(topo, worker["calibration"])
+    pred = predict(topo, constants, args.strategy, numels, esize)
+    s = summarize(rows, worker["results"][0]["times_s"], pred)
 
     print(f"\nmodel: {sum(numels)} parameters, {sum(numels) * esize / 1e6:.2f} MB of gradient per rank in "
-          f"{len(numels)} bucket(s); plan {pred['plan']} ({pred['steps']} steps)")
-    print("\nper step (rank-0 log; time/sync_s is the max over ranks):")
-    print("| step | time/sync_s ms | time/step_s s |")
-    print("|---:|---:|---:|")
-    for r, s_, t in zip(rows, sync, step):
-        print(f"| {r['step']} | {s_ * 1e3:.1f} | {t:.2f} |")
-    med = statistics.median(steady)
-    print("\n| quantity | ms |")
-    print("|---|---:|")
-    print(f"| measured exposed sync per step (median of steps 2..{len(sync)}) | {med * 1e3:.1f} |")
-    print(f"| measured exposed sync, min..max over those steps | {min(steady) * 1e3:.1f}..{max(steady) * 1e3:.1f} |")
-    print(f"| simulator: full plan alone (simulate_plan, uncalibrated topology) | {pred['simulated_s'] * 1e3:.1f} |")
-    print(f"| alpha-beta bound (hdc.cost.plan_time_s) | {pred['bound_s'] * 1e3:.1f} |")
-    print(f"| measured / simulated | {med / pred['simulated_s']:.2f} |")
+          f"{len(numels)} bucket(s); plan {pred['plan']} ({pred['plan_steps']} steps)")
+    print("calibration: " + ", ".join(f"{k} {v:.4g}" for k, v in dataclasses.asdict(constants).items()))
+    print_tables(rows, s)
     if dl:
         print(f"\ndelay line: {dl['forwarded_bytes'] / 1e6:.1f} MB forwarded, mean lateness "
               f"{dl['mean_lateness_s'] * 1e6:.0f} us, CPU {dl['cpu_user_s'] + dl['cpu_system_s']:.1f} s")
-    print("note: time/sync_s is only the part of the sync the trainer waited for (buckets start during "
-          "backward), so it can sit below the full plan's time; gloo's per-message rendezvous (a second "
-          "one-way delay per message, see docs/emulation.md) and TCP slow start push it above the model.")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({
+            "config": config, "summary": s, "prediction": pred, "calibration": dataclasses.asdict(constants),
+            "worker": worker, "steps": [{"step": r["step"], **{k: r[m] * 1e3 for k, m in MEASURED.items()},
+                                       "step_s": r["time/step_s"]} for r in rows]}, indent=1))
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -21,7 +21,7 @@ STEP_METRICS = ["rewards/accuracy/mean", "rewards/accuracy/std", "rewards/format
                 "advantages/mean", "kl", "clip_ratio/low", "clip_ratio/high", "entropy", "loss",
                 "completions/mean_length", "completions/max_length", "completions/truncated_fraction",
                 "time/generate_s", "time/score_s", "time/reference_s", "time/update_s", "time/sync_s",
-                "throughput/tokens_per_s", "learning_rate", "grad_norm"]
+                "time/sync_skew_s", "time/sync_collective_s", "throughput/tokens_per_s", "learning_rate", "grad_norm"]
 
 
 def small_args(out: Path, **kw) -> GRPOConfig:

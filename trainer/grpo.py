@@ -15,7 +15,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -37,6 +37,24 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: GRPOConfig):
 
     return get_scheduler(args.lr_scheduler_type, optimizer, num_training_steps=args.max_steps * args.num_iterations,
                          num_warmup_steps=args.warmup_updates())
+
+
+def sync_wait_parts(stamps: Sequence[Sequence[tuple[float, float]]]) -> tuple[float, float]:
+    """(skew, collective) seconds of one step's gradient syncs, summed over its updates, from
+    stamps[rank][update] = (wall-clock time the rank entered finish(), time finish() returned).
+
+    time/sync_s is the longest wait of one rank, and a rank that arrives early also waits for
+    the last one to arrive; these two parts separate that. skew = latest entry - earliest
+    entry: how long the first rank to arrive waited for the last. collective = latest return -
+    latest entry: the sync once every rank had handed in its gradients, the quantity a model of
+    the plan alone predicts. Their sum (latest return - earliest entry) bounds the longest
+    single wait from above."""
+    skew = collective = 0.0
+    for update in zip(*stamps):
+        entered = [e for e, _ in update]
+        skew += max(entered) - min(entered)
+        collective += max(d for _, d in update) - max(entered)
+    return skew, collective
 
 
 class GRPOTrainer:
@@ -159,6 +177,7 @@ class GRPOTrainer:
 
         # 7. Policy updates: num_iterations x (gradient_accumulation_steps micro-batches, sync, step).
         t, sync_s = time.perf_counter(), 0.0
+        stamps: list[tuple[float, float]] = []  # per update: time.time() entering finish(), leaving it
         n_micro, size = args.gradient_accumulation_steps, args.per_device_train_batch_size
         local_tokens = float(batch["completion_mask"].sum())
         global_tokens = sync.all_reduce_sum([local_tokens])[0]
@@ -196,8 +215,9 @@ class GRPOTrainer:
                 sums["clip_ratio/high"] += stats.clip_ratio_high * w
                 sums["entropy"] += float((entropy * mb["completion_mask"]).sum()) / max(local_tokens, 1.0) \
                     / args.num_iterations
-            s = time.perf_counter()
+            s, entered = time.perf_counter(), time.time()  # wall clock: comparable between ranks of one host
             sync.finish(self.updates)
+            stamps.append((entered, time.time()))
             sync_s += time.perf_counter() - s
             if args.max_grad_norm > 0:
                 clip = getattr(self.optimizer, "clip_grad_norm_", None)  # a sharded optimizer sees only its shard
@@ -233,8 +253,11 @@ class GRPOTrainer:
         m["grad_norm"] = grad_norm
         m["time/step_s"] = time.perf_counter() - step_start
         m["throughput/tokens_per_s"] = float(lengths.sum()) / m["time/step_s"]
+        per_rank = [stamps]
         if sync.world_size > 1:
-            m = self._reduce_metrics(m)
+            m, gathered = self._reduce_metrics(m, [x for pair in stamps for x in pair])
+            per_rank = [list(zip(row[::2], row[1::2])) for row in gathered]
+        m["time/sync_skew_s"], m["time/sync_collective_s"] = sync_wait_parts(per_rank)
         if args.log_completions and self.logger is not None:
             self.logger.log_completions(self.step + 1, [
                 {"prompt": prompts[i // G], "completion": gen.texts[i], "reward": totals[i],
@@ -244,9 +267,9 @@ class GRPOTrainer:
         return m
 
     # ------------------------------------------------------------------ helpers
-    def _reduce_metrics(self, m: dict[str, float]) -> dict[str, float]:
+    def _reduce_metrics(self, m: dict[str, float], gather: list[float]) -> tuple[dict[str, float], list[list[float]]]:
         """Metrics of the whole step: means over processes (NaN-aware), maxima for times and
-        maximum lengths, sums for throughput."""
+        maximum lengths, sums for throughput; and every rank's `gather` list (same length on all)."""
         keys = sorted(m)
         vals = [0.0 if math.isnan(m[k]) else m[k] for k in keys]
         valid = [0.0 if math.isnan(m[k]) else 1.0 for k in keys]
@@ -258,14 +281,17 @@ class GRPOTrainer:
         # maxima cannot come from a sum: every rank fills its own row of a zero matrix, summed once
         world, rank = self.grad_sync.world_size, self.grad_sync.rank
         maxed = [k for k in keys if k.startswith("time/") or k.endswith("max_length")]
-        rows = [0.0] * (world * len(maxed))
-        rows[rank * len(maxed):(rank + 1) * len(maxed)] = [m[k] for k in maxed]
-        table = self.grad_sync.all_reduce_sum(rows)
+        mine = [m[k] for k in maxed] + gather
+        width = len(mine)
+        flat = [0.0] * (world * width)
+        flat[rank * width:(rank + 1) * width] = mine
+        flat = self.grad_sync.all_reduce_sum(flat)
+        table = [flat[r * width:(r + 1) * width] for r in range(world)]
         for j, k in enumerate(maxed):
-            out[k] = max(table[r * len(maxed) + j] for r in range(world))
+            out[k] = max(row[j] for row in table)
         if "throughput/tokens_per_s" in out:
             out["throughput/tokens_per_s"] *= world
-        return out
+        return out, [row[len(maxed):] for row in table]
 
     def _batch(self, prompt_texts: list[str], completion_ids: list[list[int]], truncated: list[bool]) -> dict:
         enc = encode_prompts(self.tokenizer, prompt_texts, self.args.max_prompt_length)

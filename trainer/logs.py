@@ -6,6 +6,10 @@ Metric names (the same in metrics.jsonl, TensorBoard and docs/trainer.md):
   advantages/mean, advantages/std, loss, kl, entropy, clip_ratio/low, clip_ratio/high
   completions/mean_length, completions/max_length, completions/truncated_fraction (tokens)
   time/generate_s, time/score_s, time/reference_s, time/update_s, time/sync_s, time/step_s
+  time/sync_skew_s, time/sync_collective_s   time/sync_s's gradient sync (finish()) split with every
+      rank's wall-clock entry and exit: skew = last entry - first entry (the wait for the slowest
+      rank), collective = last exit - last entry (the sync itself); trainer.grpo.sync_wait_parts.
+      Across hosts the clocks' offset moves time between the two
   throughput/tokens_per_s (completion tokens per second of step time), learning_rate, grad_norm
   eval/exact_match, eval/format            greedy decoding on held-out prompts
 """

@@ -32,10 +32,12 @@ WARM_BYTES = 16 << 20
 
 def warm_cases(cases: list[dict]) -> list[int]:
     """One case per strategy to run once, unrecorded, before anything is timed: its largest
-    size up to WARM_BYTES (else its smallest). A training job's connections are warm (it syncs
-    every step); TCP opens a connection's window only while it is busy, so without this the
-    first size timed on each strategy's connections pays for the window (flat ring 1 MiB at
-    1 Gbit/s and 20 ms: 304 ms cold, 245 modelled)."""
+    size up to WARM_BYTES (else its smallest). TCP opens a connection's window (and BBR learns
+    the path's rate) only while the connection is busy; without this the first size timed on
+    each strategy's connections paid for it while hierarchical's WAN pairs were already warm
+    from the probe (flat ring 1 MiB at 1 Gbit/s and 20 ms: 304 ms cold, 245 modelled). So
+    validate measures connections as a job that moves megabytes every step keeps them; a job
+    whose syncs are short bursts may not (docs/emulation.md, the GRPO section)."""
     def preference(n: int) -> tuple[bool, int]:  # sizes up to WARM_BYTES first, largest first
         return (n > WARM_BYTES, n if n > WARM_BYTES else -n)
 

@@ -64,6 +64,36 @@ class _Bucket:
         self.fired = False
 
 
+def bucket_groups(params: list, strategy, bucket_cap_bytes: int) -> list[list]:
+    """The gradient buckets over `params` (in the order backward produces them: reverse
+    registration): chunked strategies get one bucket per chunk of near-equal numel; the others
+    start a new bucket when the next parameter would push this one over `bucket_cap_bytes`."""
+    groups: list[list] = []
+    if isinstance(strategy, Chunked):  # one bucket per chunk, near-equal numel
+        total = sum(p.numel() for p in params)
+        chunks = min(strategy.chunks, len(params))
+        bounds = [off + n for off, n in split(total, chunks)]
+        cur, acc, k = [], 0, 0
+        for i, p in enumerate(params):
+            cur.append(p)
+            acc += p.numel()
+            left = len(params) - i - 1
+            if (acc >= bounds[k] or left == chunks - k - 1) and k < chunks - 1 and left > 0:
+                groups.append(cur)
+                cur, k = [], k + 1
+        groups.append(cur)
+    else:
+        cur, size = [], 0
+        for p in params:
+            if cur and size + p.numel() * p.element_size() > bucket_cap_bytes:
+                groups.append(cur)
+                cur, size = [], 0
+            cur.append(p)
+            size += p.numel() * p.element_size()
+        groups.append(cur)
+    return groups
+
+
 class DistGradientSync:
     """GradientSync for one process of a torch.distributed world (rank r = GPU r of `topology`).
 
@@ -258,32 +288,9 @@ class DistGradientSync:
 
     # ------------------------------------------------------------------ internals
     def _make_buckets(self, params: list[torch.nn.Parameter]) -> None:
-        groups: list[list[torch.nn.Parameter]] = []
-        if isinstance(self.strategy, Chunked):  # one bucket per chunk, near-equal numel
-            total = sum(p.numel() for p in params)
-            chunks = min(self.strategy.chunks, len(params))
-            bounds = [off + n for off, n in split(total, chunks)]
-            cur, acc, k = [], 0, 0
-            for i, p in enumerate(params):
-                cur.append(p)
-                acc += p.numel()
-                left = len(params) - i - 1
-                if (acc >= bounds[k] or left == chunks - k - 1) and k < chunks - 1 and left > 0:
-                    groups.append(cur)
-                    cur, k = [], k + 1
-            groups.append(cur)
-        else:
-            cur, size = [], 0
-            for p in params:
-                if cur and size + p.numel() * p.element_size() > self.bucket_cap_bytes:
-                    groups.append(cur)
-                    cur, size = [], 0
-                cur.append(p)
-                size += p.numel() * p.element_size()
-            groups.append(cur)
         start = 0
         self.buckets = []
-        for k, ps in enumerate(groups):
+        for k, ps in enumerate(bucket_groups(params, self.strategy, self.bucket_cap_bytes)):
             b = _Bucket(k, ps, start)
             self.buckets.append(b)
             start += b.numel
