@@ -12,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out/report", help="output folder (default out/report)")
     p.add_argument("--config", default=None, help="report YAML (what-if ranges, published figures, jobs)")
     p.add_argument("--runs", nargs="*", default=[], metavar="DIR", help="GRPO run folders (with metrics.jsonl)")
-    p.add_argument("--measured", nargs="*", default=[], metavar="CSV", help="CSVs written by hdc validate, or their .raw.jsonl (re-predicted by today's model); "
-                   "default: the measurements stored in experiments/emulate/measured/")
+    p.add_argument("--measured", nargs="*", default=[], metavar="CSV",
+                   help="CSVs written by hdc validate, or their .raw.jsonl (re-predicted by today's model); "
+                        "default: the measurements stored in experiments/emulate/measured/")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_report)
 

@@ -132,8 +132,8 @@ class Pipeline:
     arrived (`rendezvous`): a segment costs the reverse path's latency, then its own latency
     and size / rate. The notice is a message on the pair's one TCP connection, so where that
     connection also carries data towards the sender (a 2-member ring: both directions are one
-    pair), it leaves only after the data already on the wire. An all-reduce drains the pipeline once, between its reduce-scatter and
-    all-gather halves. `call_overhead_s`: a fixed cost per collective call (issuing it, the
+    pair), it leaves only after the data already on the wire. An all-reduce drains the
+    pipeline once, between its reduce-scatter and all-gather halves. `call_overhead_s`: a fixed cost per collective call (issuing it, the
     ranks' wake-ups, noticing completion) — measured, e.g. by experiments/emulate/calibrate.py.
 
     `forwarder_Bps`: every WAN byte also passes one forwarding process of this capacity (an

@@ -24,6 +24,7 @@ collectives being validated.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from dataclasses import dataclass, replace
 
@@ -124,8 +125,6 @@ def run_probe(topology: Topology, plans: dict[str, list[Plan]], measure, repeats
 def delayline_cpu_clock(state_dir: str | None):
     """() -> CPU seconds the emulation's delay line has used (from /proc: it is another
     process), or None where there is none (netem or direct mode, no state folder)."""
-    import os
-
     try:
         with open(os.path.join(state_dir or "", "delayline.pid")) as fh:
             pid = int(fh.read().split()[0])
