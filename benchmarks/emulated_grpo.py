@@ -103,21 +103,12 @@ def summarize(rows: list[dict], alone_s: list[float], prediction: dict) -> dict:
 def run_worker(spec, topo_file: str, work: Path, master_port: int, case: dict, timeout_s: float) -> dict:
     """`hdc validate`'s worker in the sites as they are: its calibration probe, then `case` timed
     from a common start (1 warm-up, 5 repeats). The worker's result (calibration, results)."""
-    from experiments.emulate import launch
-    from experiments.emulate.validate import ALLOCATOR_ENV
+    from experiments.emulate.validate import run_workers
 
-    job = {"topology_file": topo_file, "cases": [case], "warmup": 1, "repeats": 5, "out": str(work / "worker.json"),
-           "timeout_s": timeout_s}
-    (work / "worker-job.json").write_text(json.dumps(job))
-    log = work / "worker.log"
-    with open(log, "wb") as fh:
-        procs = launch.start_ranks(spec, [sys.executable, "-m", "experiments.emulate.worker", "--job",
-                                          str(work / "worker-job.json")], topo_file, master_port=master_port,
-                                   stdout=fh, stderr=fh, extra_env=ALLOCATOR_ENV["reuse"])
-        rc = launch.wait_ranks(procs, timeout_s)
-    if rc != 0 or not (work / "worker.json").exists():
-        raise RuntimeError(f"validate's worker failed (rc {rc}); last lines of {log}:\n" + log.read_text()[-3000:])
-    return json.loads((work / "worker.json").read_text())
+    folder = work / "worker"
+    folder.mkdir(exist_ok=True)
+    job = {"topology_file": topo_file, "cases": [case], "warmup": 1, "repeats": 5, "timeout_s": timeout_s}
+    return run_workers(spec, topo_file, job, str(folder), timeout_s, master_port=master_port)
 
 
 def print_tables(rows: list[dict], s: dict) -> None:

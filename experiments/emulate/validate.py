@@ -98,30 +98,38 @@ def measure_config(topo: Topology, cases: list[dict], args, workdir: str) -> dic
     spec.extra = {"shaped": True, "sysctl": dict(VALIDATE_SYSCTL)}
     topo_file = write_topology(topo, os.path.join(workdir, "topology.yaml"))
     job = {"topology_file": topo_file, "cases": cases, "warmup": args.warmup, "repeats": args.repeats,
-           "out": os.path.join(workdir, "result.json"), "timeout_s": min(args.timeout_s, 300)}
+           "timeout_s": min(args.timeout_s, 300)}
+    try:
+        netns.up(spec)
+        spec.extra["topology_file"] = topo_file
+        res = run_workers(spec, topo_file, job, workdir, args.timeout_s, getattr(args, "allocator", "reuse"))
+    finally:
+        netns.down(args.prefix, quiet=True)
+    if getattr(args, "keep_results", None):
+        shutil.copy(os.path.join(workdir, "result.json"), args.keep_results)
+    return res
+
+
+def run_workers(spec, topo_file: str, job: dict, workdir: str, timeout_s: float, allocator: str = "reuse",
+                master_port: int | None = None) -> dict:
+    """The worker (experiments.emulate.worker: probe, then `job`'s cases) once per rank in sites
+    that are up; its result JSON (rank 0's). `job` as the worker reads it, without "out"."""
+    job = {**job, "out": os.path.join(workdir, "result.json")}
     job_file = os.path.join(workdir, "job.json")
     with open(job_file, "w") as fh:
         json.dump(job, fh)
     log_path = os.path.join(workdir, "ranks.log")
-    try:
-        netns.up(spec)
-        spec.extra["topology_file"] = topo_file
-        with open(log_path, "ab") as log:
-            procs = launch.start_ranks(spec, [sys.executable, "-m", "experiments.emulate.worker", "--job", job_file],
-                                       topo_file, stdout=log, stderr=log,
-                                       extra_env=ALLOCATOR_ENV[getattr(args, "allocator", "reuse")])
-            rc = launch.wait_ranks(procs, args.timeout_s)
-    finally:
-        netns.down(args.prefix, quiet=True)
+    with open(log_path, "ab") as log:
+        procs = launch.start_ranks(spec, [sys.executable, "-m", "experiments.emulate.worker", "--job", job_file],
+                                   topo_file, master_port=master_port, stdout=log, stderr=log,
+                                   extra_env=ALLOCATOR_ENV[allocator])
+        rc = launch.wait_ranks(procs, timeout_s)
     if rc or not os.path.exists(job["out"]):
         with open(log_path, "rb") as fh:
             tail = fh.read()[-3000:].decode(errors="replace")
-        raise RuntimeError(f"validate: workers failed (exit {rc}) for {topo.name}; log tail:\n{tail}")
+        raise RuntimeError(f"validate: workers failed (exit {rc}) for {spec.topology_name}; log tail:\n{tail}")
     with open(job["out"]) as fh:
-        res = json.load(fh)
-    if getattr(args, "keep_results", None):
-        shutil.copy(job["out"], args.keep_results)
-    return res
+        return json.load(fh)
 
 
 def rows_for(config: str, topo: Topology, res: dict) -> list[dict]:
