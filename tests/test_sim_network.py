@@ -24,8 +24,13 @@ def test_routes_agree_with_topology_path(preset):
 
 def _run(flows, caps):
     """flows: (start_s, {resource: weight}, size_bytes) -> finish times."""
+    return _run_on(flows, caps)[0]
+
+
+def _run_on(flows, caps, buckets=None):
+    """(finish times, the Network they ran on): `_run` with optional token buckets."""
     env = simpy.Environment()
-    net = Network(env, caps)
+    net = Network(env, caps, buckets)
     out = {}
 
     def one(i, start, w, size):
@@ -36,7 +41,7 @@ def _run(flows, caps):
     for i, f in enumerate(flows):
         env.process(one(i, *f))
     env.run()
-    return [out[i] for i in range(len(flows))]
+    return [out[i] for i in range(len(flows))], net
 
 
 def _reference(flows, caps):
@@ -130,30 +135,14 @@ def test_routes_are_shared_by_equal_topologies_only():
 
 
 # ---------------------------------------------------------------- token buckets (shaped links)
-def _run_bucketed(flows, caps, buckets):
-    env = simpy.Environment()
-    net = Network(env, caps, buckets)
-    out = {}
-
-    def one(i, start, w, size):
-        yield env.timeout(start)
-        yield net.transfer(w, size)
-        out[i] = env.now
-
-    for i, f in enumerate(flows):
-        env.process(one(i, *f))
-    env.run()
-    return [out[i] for i in range(len(flows))], net
-
-
 def test_token_bucket_passes_a_burst_at_peak_then_the_rate():
     R, P, b = 1e8, 1e9, 1e6  # 100 MB/s sustained, 1 GB/s peak, 1 MB of tokens
     # small flow: all of it inside the burst, at the peak
-    assert _run_bucketed([(0, {"L": 1}, 5e5)], {"L": R}, {"L": (b, P)})[0] == [pytest.approx(5e5 / P)]
+    assert _run_on([(0, {"L": 1}, 5e5)], {"L": R}, {"L": (b, P)})[0] == [pytest.approx(5e5 / P)]
     # large flow: tokens drain at P - R for b / (P - R) s, carrying P x that; the rest at R
     t_burst = b / (P - R)
     first = t_burst + (5e6 - P * t_burst) / R
-    times, net = _run_bucketed([(0, {"L": 1}, 5e6), (first + 0.005, {"L": 1}, 5e6)], {"L": R}, {"L": (b, P)})
+    times, net = _run_on([(0, {"L": 1}, 5e6), (first + 0.005, {"L": 1}, 5e6)], {"L": R}, {"L": (b, P)})
     assert times[0] == pytest.approx(first, rel=1e-9)
     # 5 ms idle refill R x 5 ms = 0.5 MB of tokens (not the whole bucket)
     t2 = 5e5 / (P - R)
@@ -163,11 +152,11 @@ def test_token_bucket_passes_a_burst_at_peak_then_the_rate():
 
 def test_token_bucket_flows_share_the_peak_and_the_rate_fairly():
     R, P, b = 1e8, 1e9, 1e6
-    (a, c), _ = _run_bucketed([(0, {"L": 1}, 2e6), (0, {"L": 1}, 2e6)], {"L": R}, {"L": (b, P)})
+    (a, c), _ = _run_on([(0, {"L": 1}, 2e6), (0, {"L": 1}, 2e6)], {"L": R}, {"L": (b, P)})
     t_burst = b / (P - R)  # both at P / 2 until the tokens are gone, then R / 2 each
     assert a == c == pytest.approx(t_burst + (4e6 - P * t_burst) / R, rel=1e-9)
     # a flow limited elsewhere (Q at 50 MB/s) leaves tokens to refill: the bucket never empties
-    (x,), net = _run_bucketed([(0, {"L": 1, "Q": 1}, 5e6)], {"L": R, "Q": 5e7}, {"L": (b, P)})
+    (x,), net = _run_on([(0, {"L": 1, "Q": 1}, 5e6)], {"L": R, "Q": 5e7}, {"L": (b, P)})
     assert x == pytest.approx(0.1) and net.tokens["L"] == b
 
 
