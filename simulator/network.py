@@ -218,14 +218,6 @@ class Network:
             return
         self._advance()
         flow.start = self.env.now
-        if self.buckets:
-            for r, w in flow.weights.items():
-                self.users[r][flow] = None
-                self.bytes_by_resource[r] += w * flow.size
-            self.active[flow] = None
-            self._rebalance()
-            self._schedule()
-            return
         solo = self._solo.get(flow.kind)
         if solo is None:
             solo = self._solo[flow.kind] = min(self.capacity_Bps[r] / w for r, w in flow.weights.items())
@@ -237,7 +229,9 @@ class Network:
             self.bytes_by_resource[r] += w * flow.size
             binding = binding or self._binds(r)
         self.active[flow] = None
-        if binding:
+        if self.buckets:  # rates (and solo rates) depend on the token state: all afresh
+            self._rebalance()
+        elif binding:
             self._allocate(self._component([flow]))
         else:  # no resource of this flow binds: nobody else's rate changes
             flow.rate = solo
