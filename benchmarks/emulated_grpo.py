@@ -60,9 +60,9 @@ PREDICTED = ("calibrated_ms", "uncalibrated_ms", "bound_ms")
 
 def model_buckets(model, bucket_cap_bytes: int, strategy_name: str = "hierarchical") -> tuple[list[int], int]:
     """(bucket numels, element size) as the trainer's DistGradientSync forms them
-    (trainer.dist.grad_sync.bucket_groups over the trainable parameters, reverse registration order)."""
+    (trainer.distributed.grad_sync.bucket_groups over the trainable parameters, reverse registration order)."""
     from hdc.strategies import make_strategy
-    from trainer.dist.grad_sync import bucket_groups
+    from trainer.distributed.grad_sync import bucket_groups
 
     params = list(reversed([p for p in model.parameters() if p.requires_grad]))
     groups = bucket_groups(params, make_strategy(strategy_name), bucket_cap_bytes)

@@ -4,7 +4,7 @@ gloo all-gather as an all-to-all, measured in the same run on 4 local gloo proce
     python benchmarks/executor_buffers.py                      # 16 and 64 MiB, median of 5
     python benchmarks/executor_buffers.py --sizes 4MiB --repeats 3 --before <git rev>
 
-"before" is trainer/dist/executor.py as it was at `--before` (read with `git show`, so this
+"before" is trainer/distributed/executor.py as it was at `--before` (read with `git show`, so this
 needs the repository), "after" the working tree's. Both run the same one-step plans, one
 call after the other in each repetition so that load on the machine hits both alike:
   sites 2x2  the step over (0,1) and (2,3) at once, as hierarchical's rs-site / ag-site
@@ -39,9 +39,9 @@ def _bench(rank: int, world: int, before_source: str, sizes: list[int], repeats:
     import torch.distributed as dist
 
     from hdc.plan import Plan
-    from trainer.dist import executor as after
-    from trainer.dist.checks import topology_for_world
-    from trainer.dist.groups import ProcessGroups
+    from trainer.distributed import executor as after
+    from trainer.distributed.checks import topology_for_world
+    from trainer.distributed.groups import ProcessGroups
 
     before = _load(before_source, "executor_before")
     groups = ProcessGroups(topology_for_world(world), timeout_s=300)
@@ -77,10 +77,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from hdc.units import fmt_bytes, parse_size
-    from trainer.dist.local import spawn_world
+    from trainer.distributed.local import spawn_world
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = subprocess.run(["git", "show", f"{args.before}:trainer/dist/executor.py"], cwd=root,
+    source = subprocess.run(["git", "show", f"{args.before}:trainer/distributed/executor.py"], cwd=root,
                             check=True, capture_output=True, text=True).stdout
     sizes = [parse_size(s) // 4 for s in args.sizes]
     t0 = time.time()

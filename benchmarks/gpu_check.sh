@@ -24,7 +24,7 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 
 echo "== correctness: every strategy case on NCCL, world $N =="
-timeout 300 "$PY" -m torch.distributed.run --standalone --nproc-per-node="$N" -m trainer.dist.checks
+timeout 300 "$PY" -m torch.distributed.run --standalone --nproc-per-node="$N" -m trainer.distributed.checks
 
 echo "== timings: real executor vs torch all_reduce on NCCL, world $N =="
 if [ "$N" -lt 2 ]; then

@@ -96,15 +96,15 @@ def simulated_s(topology, plan, train_step: int = 0):
 def resolve_topology(spec: str):
     """A preset or file, or 'world:N' for the test layouts of N processes (2 sites when N is even)."""
     if spec.startswith("world:"):
-        from trainer.dist.checks import topology_for_world
+        from trainer.distributed.checks import topology_for_world
 
         return topology_for_world(int(spec.split(":", 1)[1]))
     return load_topology(spec)
 
 
 def _bench(rank: int, world: int, topology_name: str, sizes: list[int], repeats: int) -> list[dict]:
-    from trainer.dist.executor import PlanExecutor
-    from trainer.dist.groups import ProcessGroups
+    from trainer.distributed.executor import PlanExecutor
+    from trainer.distributed.groups import ProcessGroups
 
     topo = resolve_topology(topology_name)
     groups = ProcessGroups(topo, timeout_s=120)
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     ap.add_argument("--spans", action="store_true", help="also print rank 0's per-step spans of the largest size")
     args = ap.parse_args(argv)
 
-    from trainer.dist.local import spawn_world
+    from trainer.distributed.local import spawn_world
 
     if args.world:
         args.topology = f"world:{args.world}"

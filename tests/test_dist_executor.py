@@ -11,7 +11,7 @@ import pytest
 
 from hdc.plan import Plan
 from hdc.strategies import DistributedOptimizer, Hierarchical, bucketed
-from trainer.dist.checks import SIZES, strategy_cases, topology_for_world
+from trainer.distributed.checks import SIZES, strategy_cases, topology_for_world
 
 WORLDS = (2, 4, 6)
 
@@ -38,8 +38,8 @@ def repeated_calls(rank: int, world: int, sizes=(7, 1001)) -> list[dict]:
     import torch
 
     from hdc.reference import run_plan
-    from trainer.dist.executor import PlanExecutor
-    from trainer.dist.groups import ProcessGroups
+    from trainer.distributed.executor import PlanExecutor
+    from trainer.distributed.groups import ProcessGroups
 
     topo = topology_for_world(world)
     groups = ProcessGroups(topo, timeout_s=60)
@@ -75,15 +75,15 @@ def repeated_calls(rank: int, world: int, sizes=(7, 1001)) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def world_results():
-    from trainer.dist.checks import executor_cases
-    from trainer.dist.local import spawn_world
+    from trainer.distributed.checks import executor_cases
+    from trainer.distributed.local import spawn_world
 
     return {w: [r for rank in spawn_world(executor_cases, w) for r in rank] for w in WORLDS}
 
 
 @pytest.fixture(scope="module")
 def repeated_results():
-    from trainer.dist.local import spawn_world
+    from trainer.distributed.local import spawn_world
 
     return [r for rank in spawn_world(repeated_calls, 4) for r in rank]
 
@@ -168,7 +168,7 @@ def test_owned_regions_cover_the_buffer_once_per_bucketed_plan():
 def test_flat_buffers_regions_across_buckets():
     import torch
 
-    from trainer.dist.buffers import FlatBuffers
+    from trainer.distributed.buffers import FlatBuffers
 
     parts = [torch.arange(3.0), torch.arange(3.0, 5.0), torch.arange(5.0, 9.0)]
     buf = FlatBuffers(parts)
@@ -190,7 +190,7 @@ def test_issue_order_lets_chunks_pipeline():
 
 
 def test_error_reasons_are_readable():
-    from trainer.dist.executor import _reason
+    from trainer.distributed.executor import _reason
 
     assert _reason(RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1")).startswith("peer unreachable")
     assert _reason(RuntimeError("Timed out waiting 5000ms for recv")).startswith("timed out")

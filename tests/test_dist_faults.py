@@ -3,8 +3,8 @@ import pytest
 
 
 def _run(mode, timeout_s):
-    from trainer.dist.checks import fault_case
-    from trainer.dist.local import spawn_world
+    from trainer.distributed.checks import fault_case
+    from trainer.distributed.local import spawn_world
 
     out = spawn_world(fault_case, 4, args=(mode, 3, timeout_s), collective_timeout_s=timeout_s,
                       may_die=[3], timeout_s=60)

@@ -7,7 +7,7 @@ import pytest
 
 from hdc.cli import _Parser
 from hdc.errors import UserError
-from trainer.dist.cli import register
+from trainer.distributed.cli import register
 
 
 def _hdc(*argv):
@@ -19,7 +19,7 @@ def _hdc(*argv):
 
 
 def test_torchrun_command_per_site():
-    from trainer.dist.launch import torchrun_command
+    from trainer.distributed.launch import torchrun_command
 
     argv, env = torchrun_command("tiny-2site", "site-b", 0, "10.0.0.1:29500", ["hdc", "train", "r.yaml"])
     assert argv[1:4] == ["-m", "torch.distributed.run", "--nnodes=2"]
@@ -29,7 +29,7 @@ def test_torchrun_command_per_site():
 
 
 def test_dry_run_prints_command(capsys):
-    from trainer.dist import launch
+    from trainer.distributed import launch
 
     out = io.StringIO()
     assert launch.launch_site("tiny-2site", "site-a", 0, "h:1", ["python", "t.py"], dry_run=True, out=out) == 0
@@ -64,7 +64,7 @@ def test_local_launch_fails_fast_when_a_rank_fails(capfd):
 def test_local_launch_runs_the_executor_checks(capfd):
     """End to end: 4 processes from `hdc launch --local`, init_from_env, every strategy case."""
     rc = _hdc("launch", "--local", "--topology", "tiny-2site", "--timeout-s", "60", "--",
-              sys.executable, "-m", "trainer.dist.checks")
+              sys.executable, "-m", "trainer.distributed.checks")
     out = capfd.readouterr().out
     assert rc == 0, out
     assert "all ranks ok" in out and "backend gloo, world 4" in out

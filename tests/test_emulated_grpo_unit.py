@@ -45,7 +45,7 @@ def test_benchmark_plan_is_the_trainers_plan():
     """The benchmark predicts hdc.strategies.bucketed; DistGradientSync builds _chunk_plan (inflight 1
     for the strategies the benchmark accepts): the two must be the same steps."""
     from hdc.strategies import bucketed, make_strategy
-    from trainer.dist.grad_sync import _chunk_plan
+    from trainer.distributed.grad_sync import _chunk_plan
 
     topo = specmod.with_ranks_per_site(load_topology("tiny-2site"), 2)
     for name in eg.STRATEGIES:

@@ -78,7 +78,7 @@ def test_a_survivor_without_the_launcher_fails_its_collective_within_the_timeout
     from hdc.cli import main  # noqa: F401  (the command the ranks run)
     from hdc.topology import load_topology
     from trainer.cli import local_topology
-    from trainer.dist.launch import free_port, local_env
+    from trainer.distributed.launch import free_port, local_env
 
     recipe = ks.write_recipe(tmp_path / "recipe.yaml", assets(), max_steps=200, save_steps=2, timeout_s=TIMEOUT_S)
     topo_path = tmp_path / "topology.yaml"

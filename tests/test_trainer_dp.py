@@ -8,8 +8,8 @@ in near-zero gradients into steps of up to lr, so a bare relative bound on weigh
 meaningful)."""
 import pytest
 
-from trainer.dist.checks_grpo import run, single
-from trainer.dist.local import spawn_world
+from trainer.distributed.checks_grpo import run, single
+from trainer.distributed.local import spawn_world
 from trainer.testing import tiny_assets
 
 CASES = [("flat_ring", 2, 1), ("hierarchical", 4, 2), ("chunked", 4, 2), ("flat_ring", 4, 2)]

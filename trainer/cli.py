@@ -114,7 +114,7 @@ def cmd_train(args) -> int:
         print(" ".join(f"{k}={result[k]:.4g}" for k in keys))
         print(f"final model: {out}/final")
     if sync.world_size > 1:
-        from trainer.dist.groups import shutdown_distributed
+        from trainer.distributed.groups import shutdown_distributed
 
         shutdown_distributed()
     return 0
@@ -125,7 +125,7 @@ def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
     import os
 
     from hdc.topology import load_topology
-    from trainer.dist.launch import launch_local
+    from trainer.distributed.launch import launch_local
 
     topo_arg = recipe.distributed.topology
     if topo_arg is None:

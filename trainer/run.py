@@ -17,7 +17,7 @@ def build_grad_sync(recipe: Recipe):
 
         return LocalSync()
     from hdc.strategies import make_strategy
-    from trainer.dist.grad_sync import DistGradientSync
+    from trainer.distributed.grad_sync import DistGradientSync
 
     d = recipe.distributed
     strategy = make_strategy(d.strategy, chunks=d.chunks, inner=d.inner, every=d.every)

@@ -1,7 +1,7 @@
 """Which real executor runs the plans, and which model predicts them.
 
 Validation is about THE executor and THE simulator, so both are taken from their packages
-when importable — `trainer.dist.executor.PlanExecutor` and `simulator.collectives.simulate_plan`
+when importable — `trainer.distributed.executor.PlanExecutor` and `simulator.collectives.simulate_plan`
 (its `pipelined` mode: what gloo's ring sends) — with this package's small stand-ins
 (`runner.run_plan`, `hdc.cost.plan_time_s`) only as a fallback. HDC_EMULATE_EXECUTOR=own
 forces the stand-in executor (to compare the two).
@@ -29,14 +29,14 @@ def executor_for(topology: Topology, plans: list[Plan], rank: int, world: int) -
     calls this with the same plans in the same order)."""
     if os.environ.get("HDC_EMULATE_EXECUTOR") != "own":
         try:
-            from trainer.dist.executor import PlanExecutor
-            from trainer.dist.groups import ProcessGroups
+            from trainer.distributed.executor import PlanExecutor
+            from trainer.distributed.groups import ProcessGroups
         except ImportError:
             pass
         else:
             groups = ProcessGroups(topology, timeout_s=300.0)
             execs = {id(p): PlanExecutor(p, groups) for p in plans}
-            return Executor("trainer.dist.executor.PlanExecutor", lambda p, buf: execs[id(p)].run(buf))
+            return Executor("trainer.distributed.executor.PlanExecutor", lambda p, buf: execs[id(p)].run(buf))
     from experiments.emulate.runner import Groups, run_plan
 
     groups = Groups()

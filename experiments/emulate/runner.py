@@ -1,6 +1,6 @@
 """The rank side: run an hdc Plan's steps over gloo process groups and time them.
 
-This is a stand-in for the trainer's executor (`trainer/dist/executor.py`) until it lands;
+This is a stand-in for the trainer's executor (`trainer/distributed/executor.py`) until it lands;
 `validate` uses that one when it is importable (see `executor_for`).
 
 Each step is launched asynchronously as soon as its deps are done, each on a process group

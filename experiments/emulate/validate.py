@@ -40,7 +40,7 @@ VALIDATE_SYSCTL = {"net.ipv4.tcp_slow_start_after_idle": "0"}
 # glibc otherwise unmaps every block over its mmap threshold (at most 32 MiB) on free, and a
 # large block allocated per call page-faults afresh every time — 1.1-1.8 GB/s on this VM against
 # 9-12 GB/s for reused memory (docs/emulation.md). The executor now pools its own scratch
-# (trainer/dist/buffers.py); this keeps any other per-call allocation honest too.
+# (trainer/distributed/buffers.py); this keeps any other per-call allocation honest too.
 # `--allocator default` measures with glibc's defaults.
 ALLOCATOR_ENV = {"reuse": {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)},
                  "default": {}}

@@ -43,8 +43,8 @@ import torch
 import torch.distributed as dist
 
 from hdc.plan import Plan, Step, split
-from trainer.dist.buffers import Buffers, FlatBuffers, ScratchPool
-from trainer.dist.groups import ProcessGroups
+from trainer.distributed.buffers import Buffers, FlatBuffers, ScratchPool
+from trainer.distributed.groups import ProcessGroups
 
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor

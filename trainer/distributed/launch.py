@@ -26,7 +26,7 @@ from typing import IO, Optional, Sequence
 from hdc.errors import UserError
 from hdc.topology import Topology, load_topology
 
-DEFAULT_TIMEOUT_S = 300.0  # = trainer.dist.groups.DEFAULT_TIMEOUT_S; this module must not import torch
+DEFAULT_TIMEOUT_S = 300.0  # = trainer.distributed.groups.DEFAULT_TIMEOUT_S; this module must not import torch
 
 
 @dataclass
@@ -45,7 +45,7 @@ def init_from_env(timeout_s: Optional[float] = None, backend: Optional[str] = No
     """Initialize torch.distributed from the launcher's environment (env:// rendezvous)."""
     import torch.distributed as dist
 
-    from trainer.dist.groups import init_distributed
+    from trainer.distributed.groups import init_distributed
 
     timeout = float(timeout_s or os.environ.get("HDC_TIMEOUT_S") or DEFAULT_TIMEOUT_S)
     backend = init_distributed(backend=backend, timeout_s=timeout)

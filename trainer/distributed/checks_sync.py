@@ -13,9 +13,9 @@ import torch.distributed as dist
 from torch import nn
 
 from hdc.strategies import Chunked, DistributedOptimizer, FlatRing, Hierarchical, LocalSGD
-from trainer.dist.checks import topology_for_world
-from trainer.dist.grad_sync import DistGradientSync
-from trainer.dist.groups import ProcessGroups
+from trainer.distributed.checks import topology_for_world
+from trainer.distributed.grad_sync import DistGradientSync
+from trainer.distributed.groups import ProcessGroups
 
 ROWS_PER_RANK = 4
 

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from hdc.errors import UserError
-from trainer.dist.grad_sync import DistGradientSync, wait_work
+from trainer.distributed.grad_sync import DistGradientSync, wait_work
 
 
 class ShardedOptimizer:

@@ -1,7 +1,7 @@
 """Correctness checks of the real executor and DistGradientSync, run inside a world.
 
 Shared by the tests (gloo, local processes), `benchmarks/gpu_check.sh` (NCCL) and anyone
-who wants to check a new cluster: `python -m trainer.dist.checks` under `hdc launch` or
+who wants to check a new cluster: `python -m trainer.distributed.checks` under `hdc launch` or
 torchrun runs the executor cases on the world it finds and prints one line per case.
 
 Every case compares this rank's result with (a) hdc.reference on all ranks' inputs (every
@@ -23,8 +23,8 @@ from hdc.reference import run_plan
 from hdc.strategies import (Chunked, DistributedOptimizer, FlatRing, Hierarchical, LocalSGD, Strategy,
                             by_site)
 from hdc.topology import Topology, topology_from_dict
-from trainer.dist.executor import PlanExecutor
-from trainer.dist.groups import ProcessGroups, backend_device
+from trainer.distributed.executor import PlanExecutor
+from trainer.distributed.groups import ProcessGroups, backend_device
 
 SIZES = (1, 7, 1001)
 
@@ -169,7 +169,7 @@ def executor_cases(rank: int, world: int, sizes=SIZES, device: Optional[str] = N
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the executor cases on the world from the environment (torchrun / hdc launch)."""
-    from trainer.dist.groups import init_distributed
+    from trainer.distributed.groups import init_distributed
 
     backend = init_distributed(timeout_s=120)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -185,7 +185,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     dist.all_reduce(flags)
     if rank == 0:
         print("all ranks ok" if int(flags.item()) == 0 else f"FAILED cases on some rank: {int(flags.item())}")
-    from trainer.dist.groups import shutdown_distributed
+    from trainer.distributed.groups import shutdown_distributed
 
     shutdown_distributed()
     return 0 if int(flags.item()) == 0 else 1

@@ -69,7 +69,7 @@ class ProcessGroups:
                  timeout_s: float = DEFAULT_TIMEOUT_S):
         if not dist.is_initialized():
             raise RuntimeError("hdc: torch.distributed is not initialized; call "
-                               "trainer.dist.init_distributed() (or dist.init_process_group) first")
+                               "trainer.distributed.init_distributed() (or dist.init_process_group) first")
         if timeout_s <= 0:
             raise UserError(f"timeout_s: must be > 0, got {timeout_s}")
         self.topology = topology

@@ -37,7 +37,7 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites:
     sync = None
     if world > 1:
         from hdc.strategies import make_strategy
-        from trainer.dist.grad_sync import DistGradientSync
+        from trainer.distributed.grad_sync import DistGradientSync
 
         sync = DistGradientSync(topology(sites, world // sites), make_strategy(strategy, chunks=3, every=2),
                                 micro_batches=2, bucket_cap_bytes=200_000, timeout_s=60)

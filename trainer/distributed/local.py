@@ -59,8 +59,8 @@ def spawn_world(fn: Callable, world_size: int, args: Sequence[Any] = (), *, back
     ctx = mp.get_context(start_method)
     if start_method == "forkserver":
         # torch._dynamo: torch.optim imports it on the first optimizer (seconds per rank)
-        ctx.set_forkserver_preload(["torch", "torch.distributed", "torch._dynamo", "numpy", "trainer.dist.executor",
-                                    "trainer.dist.grad_sync", "trainer.dist.checks"])
+        ctx.set_forkserver_preload(["torch", "torch.distributed", "torch._dynamo", "numpy", "trainer.distributed.executor",
+                                    "trainer.distributed.grad_sync", "trainer.distributed.checks"])
     tmp = tempfile.mkdtemp(prefix="hdc-world-")
     store = os.path.join(tmp, "store")
     q = ctx.Queue()

@@ -3,7 +3,7 @@
     hdc launch --topology T --site NAME --node-rank R --master HOST:PORT [--nodes-per-site K] -- CMD ...
     hdc launch --local --topology T -- CMD ...
 
-Register with `register(subparsers)` (import path: trainer.dist.cli:register).
+Register with `register(subparsers)` (import path: trainer.distributed.cli:register).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from trainer.dist.launch import launch_local, launch_site
+    from trainer.distributed.launch import launch_local, launch_site
 
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":

@@ -21,5 +21,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):  # lazy: `hdc launch` must start without importing torch
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"trainer.dist.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'trainer.dist' has no attribute {name!r}")
+        return getattr(importlib.import_module(f"trainer.distributed.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'trainer.distributed' has no attribute {name!r}")

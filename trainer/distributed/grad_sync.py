@@ -36,11 +36,11 @@ from hdc.reference import owned_regions
 from hdc.strategies import (Chunked, DistributedOptimizer, LocalSGD, Strategy, append_chunks, by_site,
                             make_strategy)
 from hdc.topology import Topology
-from trainer.dist.executor import PlanExecutor
-from trainer.dist.groups import DEFAULT_TIMEOUT_S, ProcessGroups
+from trainer.distributed.executor import PlanExecutor
+from trainer.distributed.groups import DEFAULT_TIMEOUT_S, ProcessGroups
 
 if TYPE_CHECKING:
-    from trainer.dist.sharded_optimizer import ShardedOptimizer
+    from trainer.distributed.sharded_optimizer import ShardedOptimizer
 
 
 def wait_work(work, timeout_s: float, what: str) -> None:
@@ -155,7 +155,7 @@ class DistGradientSync:
     def from_env(cls, strategy: Union[Strategy, str], **kwargs) -> "DistGradientSync":
         """Initialize torch.distributed from `hdc launch`'s environment (HDC_TOPOLOGY, RANK, ...)
         and build the sync for that topology."""
-        from trainer.dist.launch import init_from_env
+        from trainer.distributed.launch import init_from_env
 
         env = init_from_env(timeout_s=kwargs.get("timeout_s"), backend=kwargs.get("backend"))
         if env.topology is None:
@@ -281,7 +281,7 @@ class DistGradientSync:
         """An optimizer (e.g. AdamW) over this rank's shards only: its state is 1/dp of the full one."""
         if self.mode != "zero":
             raise UserError(f"shard_optimizer: needs the distributed_optimizer strategy, got {self.strategy.describe()}")
-        from trainer.dist.sharded_optimizer import ShardedOptimizer
+        from trainer.distributed.sharded_optimizer import ShardedOptimizer
 
         self._sharded = ShardedOptimizer(self, optimizer_cls, **kwargs)
         return self._sharded
