@@ -58,30 +58,31 @@ MEASURED = {"sync_ms": "time/sync_s", "skew_ms": "time/sync_skew_s", "collective
 PREDICTED = ("calibrated_ms", "uncalibrated_ms", "bound_ms")
 
 
-def model_buckets(model, bucket_cap_bytes: int, strategy_name: str = "hierarchical") -> tuple[list[int], int]:
+def model_buckets(model, bucket_cap_bytes: int) -> tuple[list[int], int]:
     """(bucket numels, element size) as the trainer's DistGradientSync forms them
-    (trainer.distributed.grad_sync.bucket_groups over the trainable parameters, reverse registration order)."""
-    from hdc.strategies import make_strategy
-    from trainer.distributed.grad_sync import bucket_groups
+    (hdc.sync.bucket_numels over the trainable parameters, reverse registration order)."""
+    from hdc.sync import bucket_numels
 
     params = list(reversed([p for p in model.parameters() if p.requires_grad]))
-    groups = bucket_groups(params, make_strategy(strategy_name), bucket_cap_bytes)
-    return [sum(p.numel() for p in g) for g in groups], params[0].element_size()
+    esize = params[0].element_size()
+    return bucket_numels([p.numel() for p in params], max(bucket_cap_bytes // esize, 1)), esize
 
 
 def predict(topology, calibration, strategy_name: str, numels: list[int], esize: int) -> dict:
     """The trainer's gradient plan timed alone: calibrated (validate's model), uncalibrated, bound (ms)."""
     from hdc.cost import plan_time_s
-    from hdc.strategies import bucketed, make_strategy
+    from hdc.strategies import make_strategy
+    from hdc.sync import bucket_plans
     from experiments.emulate.calibrate import model_for
     from experiments.emulate.executor import predict_s
     from simulator.collectives import simulate_plan
     from simulator.network import Routes
 
     strategy, dp = make_strategy(strategy_name), [list(range(topology.num_gpus))]
-    plan = bucketed(strategy, topology, dp, numels, esize)
+    wire = {4: "fp32", 2: "bf16"}[esize]
+    plan = bucket_plans(strategy, topology, dp, numels, wire).plan
     model_topo, pipeline = model_for(topology, calibration)
-    calibrated, model = predict_s(model_topo, bucketed(strategy, model_topo, dp, numels, esize), pipeline)
+    calibrated, model = predict_s(model_topo, bucket_plans(strategy, model_topo, dp, numels, wire).plan, pipeline)
     uncalibrated = max((end for _, end in simulate_plan(Routes(topology), plan).values()), default=0.0)
     return {"plan": plan.strategy, "plan_steps": len(plan.steps), "model": model, "calibrated_ms": calibrated * 1e3,
             "uncalibrated_ms": uncalibrated * 1e3, "bound_ms": plan_time_s(topology, plan) * 1e3}

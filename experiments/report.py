@@ -39,6 +39,11 @@ class ReportConfig:
                              default_factory=lambda: ["llama-3-8b", "llama-3-70b", "nemotron-4-340b"])
     jobs: int = meta("parallel simulator processes", gt=0, default=2)
 
+    def validate(self, path: str = "") -> None:
+        from hdc.strategies import strategy_from_dict
+
+        strategy_from_dict(self.strategy, f"{path}.strategy" if path else "strategy")
+
 
 FAULTS = {"one GPU 20% slower": {"slow_gpu_factor": 1.2},
           "site dc-b 10% slower": {"slow_site": "dc-b", "slow_site_factor": 1.1},
@@ -135,10 +140,10 @@ def _write(w: ReportWriter, cfg: ReportConfig, runs, measured, progress: bool) -
     from tqdm import tqdm
 
     from simulator import SimConstants, calibrate_compute_efficiency
-    from hdc.strategies import make_strategy
+    from hdc.strategies import strategy_from_dict
 
     bar = tqdm(total=1, desc="report: calibrating", disable=not progress, unit="sim")
-    eff = calibrate_compute_efficiency(cfg.baseline_topology, cfg.workload, make_strategy(**cfg.strategy),
+    eff = calibrate_compute_efficiency(cfg.baseline_topology, cfg.workload, strategy_from_dict(cfg.strategy),
                                        cfg.published_single_site_mfu)
     bar.update()
     bar.close()

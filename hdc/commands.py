@@ -35,32 +35,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_plan)
 
 
-def add_strategy_args(p: argparse.ArgumentParser) -> None:
-    """The strategy flags every command that takes a strategy shares."""
-    from hdc.strategies import STRATEGY_NAMES
+def add_strategy_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """The strategy flags, generated from the strategy registry: --strategy NAME and one flag
+    per knob of any registered strategy (a knob the chosen strategy does not take is an error)."""
+    from hdc.strategies import STRATEGY_NAMES, knobs
 
-    p.add_argument("--strategy", required=True, choices=STRATEGY_NAMES, help="communication strategy")
-    p.add_argument("--chunks", type=positive_int("--chunks"), default=4,
-                   help="chunks for 'chunked' (default 4)")
-    p.add_argument("--inner", default="hierarchical",
-                   choices=("flat_ring", "hierarchical", "distributed_optimizer"),
-                   help="strategy wrapped by 'chunked' and 'local_sgd' (default hierarchical)")
-    p.add_argument("--every", type=positive_int("--every"), default=10,
-                   help="'local_sgd': steps between cross-site syncs (default 10)")
-    p.add_argument("--overlap-backward", action="store_true",
-                   help="'chunked': chunk c starts as soon as backward has produced it (otherwise, in a "
-                        "training step, each gradient bucket is split into --chunks pieces)")
-    p.add_argument("--inflight", type=positive_int("--inflight"), default=1,
-                   help="'chunked': chunks in flight per phase (default 1: one stream)")
+    p.add_argument("--strategy", required=required, choices=STRATEGY_NAMES, help="communication strategy")
+    for name, k in knobs().items():
+        flag = "--" + name.replace("_", "-")
+        text = f"{k['help']} (default {', '.join(f'{s}: {d!r}' for s, d in k['defaults'].items())})"
+        if k["type"] is bool:
+            p.add_argument(flag, dest=f"knob_{name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=text)
+        else:
+            p.add_argument(flag, dest=f"knob_{name}", default=None, metavar=name.upper(), type=_yaml_value,
+                           help=text)
+
+
+def _yaml_value(text: str):
+    """A flag value as YAML would read it (numbers, booleans, names, mappings for --inner)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def strategy_knobs(args: argparse.Namespace) -> dict:
+    """{knob: value} for the knob flags given on the command line."""
+    return {k[len("knob_"):]: v for k, v in vars(args).items() if k.startswith("knob_") and v is not None}
 
 
 def strategy_from_args(args: argparse.Namespace):
-    from hdc.strategies import make_strategy
+    from hdc.strategies import strategy_from_dict
 
-    if (args.overlap_backward or args.inflight > 1) and args.strategy != "chunked":
-        raise UserError("--overlap-backward/--inflight: only for --strategy chunked")
-    return make_strategy(args.strategy, chunks=args.chunks, inner=args.inner, every=args.every,
-                         overlap_backward=args.overlap_backward, inflight=args.inflight)
+    return strategy_from_dict({"name": args.strategy, **strategy_knobs(args)})
 
 
 def positive_int(flag: str):

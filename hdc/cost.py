@@ -96,7 +96,7 @@ def step_time_s(topology: Topology, plan: Plan, step: Step) -> float:
     p = max(len(g) for g in step.groups)
     if p < 2 or step.numel == 0:
         return 0.0
-    msg_bytes = message_elems(step.op, p, step.numel) * plan.element_size
+    msg_bytes = message_elems(step.op, p, step.numel) * plan.wire_bytes(step)
     profile = _round_profile(topology, step.op, step.groups)
     return rounds(step.op, p) * max(lat + msg_bytes / share for lat, share in profile)
 
@@ -122,7 +122,7 @@ def wan_bytes(topology: Topology, plan: Plan, train_step: int = 0) -> tuple[floa
             p = len(g)
             if p < 2:
                 continue
-            msg = message_elems(step.op, p, n) * plan.element_size
+            msg = message_elems(step.op, p, n) * plan.wire_bytes(step)
             for s, d in round_messages(step.op, g):
                 if topology.locate(s).site != topology.locate(d).site:
                     sent[s] += msg * rounds(step.op, p)

@@ -16,6 +16,12 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional
 
 COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "send_recv")
+# Wire formats a step may send, with bytes per element. Lossy ones (bf16, int8) are defined
+# once for every executor (hdc.wire): each member encodes its shards, owners decode and sum in
+# fp32 in member order, then re-encode the sum for the all-gather; int8 adds one fp32 absmax
+# scale per shard.
+WIRE_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
+WIRE_OF_ELEMENT_SIZE = {4: "fp32", 2: "bf16"}
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:
@@ -46,6 +52,8 @@ class Step:
     period   -- run only on training steps where step % period == 0 (local SGD's outer sync)
     chunk    -- chunk (or bucket) index this step belongs to
     label    -- a short human name ('rs-site', 'ar-wan', ...)
+    wire     -- what the step puts on the wire (a WIRE_BYTES key); None: the plan's
+                element size (hdc.sync.sync_plans sets it on every step of a training plan)
     """
     id: int
     op: str
@@ -59,10 +67,12 @@ class Step:
     period: int = 1
     chunk: int = 0
     label: str = ""
+    wire: Optional[str] = None
 
     def __post_init__(self) -> None:
         assert self.op in COLLECTIVES, self.op
         assert len(self.groups) == len(self.regions)
+        assert self.wire is None or self.wire in WIRE_BYTES, self.wire
 
     @property
     def numel(self) -> int:
@@ -90,8 +100,69 @@ class Plan:
         self.steps.append(step)
         return step
 
+    def wire(self, step: Step) -> str:
+        """The step's wire format (the plan's element size when the step does not say)."""
+        return step.wire or WIRE_OF_ELEMENT_SIZE.get(self.element_size, "fp32")
+
+    def wire_bytes(self, step: Step) -> int:
+        """Bytes per element the step sends (its wire format's, or the plan's element size)."""
+        return WIRE_BYTES[step.wire] if step.wire else self.element_size
+
     def step_bytes(self, step: Step) -> int:
-        return step.numel * self.element_size
+        return step.numel * self.wire_bytes(step)
+
+    def owned_regions(self, rank: int) -> list[tuple[int, int]]:
+        """(offset, numel) intervals of the buffer `rank` holds fully reduced after the plan's
+        'grad' steps, in buffer order: all of it for all-reduce plans, this rank's shards for
+        the distributed optimizer (the part its optimizer updates). A reduce-scatter keeps only
+        the member's shard of its region; an all-gather gives the whole region back."""
+        owned = [(0, self.numel)]  # disjoint [lo, hi) intervals
+        for step in self.steps:
+            if step.phase != "grad" or step.op not in ("reduce_scatter", "all_gather"):
+                continue
+            for g, (off, n) in zip(step.groups, step.regions):
+                if rank not in g or len(g) < 2:
+                    continue
+                inside = [(max(a, off), min(b, off + n)) for a, b in owned]
+                rest = [iv for a, b in owned for iv in ((a, min(b, off)), (max(a, off + n), b)) if iv[1] > iv[0]]
+                if step.op == "reduce_scatter":
+                    so, sn = split(n, len(g))[g.index(rank)]
+                    inside = [(max(a, off + so), min(b, off + so + sn)) for a, b in inside]
+                else:
+                    inside = [(off, off + n)]
+                owned = sorted(rest + [iv for iv in inside if iv[1] > iv[0]])
+        merged: list[list[int]] = []
+        for a, b in owned:
+            if merged and merged[-1][1] == a:
+                merged[-1][1] = b
+            else:
+                merged.append([a, b])
+        return [(a, b - a) for a, b in merged] or [(0, 0)]
+
+    def contributors(self, rank: int, phase: str = "grad") -> int:
+        """How many ranks' buffers are summed into what `rank` holds after the `phase` steps
+        (on a training step where every period is due): the divisor that turns the sum into a
+        mean. Traced on one element `rank` owns; every element of the strategies is alike."""
+        element = next((o for o, n in self.owned_regions(rank) if n), 0) if phase == "grad" else 0
+        holds = {r: frozenset([r]) for r in self.ranks}
+        for s in self.steps:
+            if s.phase != phase:
+                continue
+            for g, (off, n) in zip(s.groups, s.regions):
+                if len(g) < 2 or not off <= element < off + n:
+                    continue
+                owner = next((g[i] for i, (so, sn) in enumerate(split(n, len(g)))
+                              if off + so <= element < off + so + sn), g[0])
+                if s.op == "all_reduce":
+                    total = frozenset().union(*(holds[r] for r in g))
+                    holds.update({r: total for r in g})
+                elif s.op == "reduce_scatter":
+                    holds[owner] = frozenset().union(*(holds[r] for r in g))
+                elif s.op == "all_gather":
+                    holds.update({r: holds[owner] for r in g})
+                elif s.op == "broadcast":
+                    holds.update({r: holds[g[0]] for r in g})
+        return len(holds.get(rank, ()))
 
     def active_steps(self, train_step: int = 0) -> list[Step]:
         return [s for s in self.steps if s.active(train_step)]
@@ -121,6 +192,6 @@ class Plan:
                 "id": s.id, "op": s.op, "label": s.label, "tier": s.tier, "phase": s.phase,
                 "chunk": s.chunk, "deps": list(s.deps), "trigger": s.trigger, "overlap": s.overlap,
                 "period": s.period, "groups": [list(g) for g in s.groups],
-                "regions": [list(r) for r in s.regions], "bytes": self.step_bytes(s),
+                "regions": [list(r) for r in s.regions], "wire": self.wire(s), "bytes": self.step_bytes(s),
             } for s in self.steps],
         }

@@ -56,28 +56,3 @@ def run_plan(plan: Plan, buffers: Mapping[int, np.ndarray], train_step: int = 0,
     for step in plan.steps:
         if step.active(train_step) and (phase is None or step.phase == phase):
             apply_step(step, buffers)
-
-
-def owned_regions(plan: Plan, rank: int) -> list[tuple[int, int]]:
-    """(offset, numel) per chunk/bucket of the buffer `rank` holds fully reduced after the
-    plan's 'grad' steps: the whole chunk for all-reduce plans, this rank's shard of each chunk
-    for the distributed optimizer (the part it updates)."""
-    out = []
-    for c in sorted({s.chunk for s in plan.steps}):
-        steps = [s for s in plan.steps if s.chunk == c]
-        lo = min(o for s in steps for o, _ in s.regions)
-        hi = max(o + n for s in steps for o, n in s.regions)
-        region = (lo, hi - lo)
-        for step in steps:
-            if step.phase != "grad":
-                continue
-            for group, (off, n) in zip(step.groups, step.regions):
-                if rank not in group:
-                    continue
-                if step.op == "reduce_scatter":
-                    so, sn = split(n, len(group))[group.index(rank)]
-                    region = (off + so, sn)
-                elif step.op == "all_gather":
-                    region = (lo, hi - lo)
-        out.append(region)
-    return out or [(0, plan.numel)]

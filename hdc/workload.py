@@ -125,6 +125,13 @@ class Workload:
         """Gradient bytes each DP rank must synchronize per step."""
         return self.params_per_rank * self.grad_bytes
 
+    def param_numels(self) -> list[int]:
+        """The per-rank gradient buffer as parameters in production order, for bucketing
+        (hdc.sync): tensors are not modelled one by one, so the buffer is parameters of
+        bucket_numel elements (the last takes the remainder) and buckets are exactly
+        bucket_numel, as Megatron's buffer makes them."""
+        return self.buckets()
+
     def buckets(self) -> list[int]:
         """Gradient bucket sizes in elements (last bucket takes the remainder)."""
         numel = self.params_per_rank

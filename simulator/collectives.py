@@ -281,18 +281,18 @@ def simulate_plan(routes: Routes, plan: Plan, mode: str = "coflow", train_step: 
             mine.succeed()
         start = env.now
         if mode == "exact":
-            procs = [env.process(run_exact(env, net, routes, step.op, g, n, plan.element_size))
+            procs = [env.process(run_exact(env, net, routes, step.op, g, n, plan.wire_bytes(step)))
                      for g, (_, n) in zip(step.groups, step.regions)]
             yield simpy.AllOf(env, procs)
         elif mode == "pipelined":
             if pipe.call_overhead_s > 0:
                 yield env.timeout(pipe.call_overhead_s)
-            procs = [env.process(run_pipelined(env, net, routes, step.op, g, n, plan.element_size, pipe))
+            procs = [env.process(run_pipelined(env, net, routes, step.op, g, n, plan.wire_bytes(step), pipe))
                      for g, (_, n) in zip(step.groups, step.regions)]
             yield simpy.AllOf(env, procs)
         else:
             tpl = step_template(routes, step.op, step.groups)
-            yield start_coflow(net, step.op, tpl, step.numel, plan.element_size)
+            yield start_coflow(net, step.op, tpl, step.numel, plan.wire_bytes(step))
         times[step.id] = (start, env.now)
 
     if mode == "pipelined":

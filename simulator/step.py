@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 import simpy
 
 from hdc.placement import place
-from hdc.plan import Plan, Step
-from hdc.strategies import Strategy, bucketed
+from hdc.plan import WIRE_OF_ELEMENT_SIZE, Plan, Step
+from hdc.strategies import Strategy
+from hdc.sync import SyncPlans, sync_plans
 from hdc.topology import Topology, lru_get
 from hdc.workload import Workload
 from simulator.collectives import Template, coflow_bytes, link_capacities, run_exact, start_coflow, step_template
@@ -48,7 +49,7 @@ class RunStats:
     bytes_by_tier: dict[str, float]
     capacity_by_tier: dict[str, float]
     plan: Plan
-    owned_elements: int
+    owned_elements: int  # elements of the buffer the first rank's optimizer updates
     events: int
     flows: int
     spans: list = field(default_factory=list)
@@ -67,38 +68,23 @@ def routes_for(topology: Topology) -> Routes:
     return lru_get(_ROUTES, topology.content_key, lambda: Routes(topology))
 
 
-class _Memo(Strategy):
-    """`inner`'s plans, built once per (numel, element_size): bucketed() asks for the same
-    bucket size a hundred times. Plans are not mutated by their users."""
-
-    def __init__(self, inner: Strategy):
-        self.inner, self.name, self._cache = inner, inner.name, {}
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-    def plan(self, topology, groups, numel, element_size=4):
-        key = (numel, element_size)
-        if key not in self._cache:
-            self._cache[key] = self.inner.plan(topology, groups, numel, element_size)
-        return self._cache[key]
-
-
 def dp_plan(strategy: Strategy, topology: Topology, workload: Workload, groups) -> Plan:
-    """The strategy's plan for the per-rank gradient buffer; if it has no triggers of its own,
-    the DDP-style bucketed version (bucket k may start once backward produced it)."""
+    """The training step's data-parallel plan, from hdc.sync.sync_plans — the same function
+    the trainer's DistGradientSync calls — over the workload's per-rank parameters."""
     key = (strategy.describe(), tuple(map(tuple, groups)), workload.params_per_rank,
-           workload.grad_bytes, workload.bucket_numel)
+           workload.grad_bytes, workload.param_bytes, workload.bucket_numel)
     cache = lru_get(_PLANS, topology.structure_key, dict)
     if key not in cache:
-        numel = workload.params_per_rank
-        plan = strategy.plan(topology, groups, numel, workload.grad_bytes)
-        if not any(s.trigger for s in plan.steps):
-            plan = bucketed(_Memo(strategy), topology, groups, workload.buckets(), workload.grad_bytes)
         if len(cache) > 64:
             cache.clear()
-        cache[key] = plan
+        cache[key] = workload_sync_plans(strategy, topology, workload, groups).plan
     return cache[key]
+
+
+def workload_sync_plans(strategy: Strategy, topology: Topology, workload: Workload, groups) -> SyncPlans:
+    """sync_plans for a workload: its per-rank parameters, buckets and gradient/parameter bytes."""
+    return sync_plans(strategy, topology, groups, workload.param_numels(), workload.bucket_numel,
+                      WIRE_OF_ELEMENT_SIZE[workload.grad_bytes], WIRE_OF_ELEMENT_SIZE[workload.param_bytes])
 
 
 class GradientClock:
@@ -120,30 +106,6 @@ class GradientClock:
     def chunk_range(self, chunk: int) -> tuple[float, float]:
         jj = self.vpp - 1 - chunk
         return jj * self.numel / self.vpp, (jj + 1) * self.numel / self.vpp
-
-
-def owned_elements(plan: Plan, rank: int, train_step: int = 0) -> int:
-    """Elements of the buffer `rank` updates: all of it, less what reduce-scatters hand to
-    other members (gathered back by 'grad'-phase all-gathers)."""
-    owned = [(0, plan.numel)]  # disjoint intervals
-    from hdc.plan import split
-
-    for step in plan.steps:
-        if step.phase != "grad" or not step.active(train_step) or step.op not in ("reduce_scatter", "all_gather"):
-            continue
-        for g, (off, n) in zip(step.groups, step.regions):
-            if rank not in g or len(g) < 2:
-                continue
-            keep = [(max(a, off), min(b, off + n)) for a, b in owned]
-            rest = [iv for a, b in owned for iv in ((a, min(b, off)), (max(a, off + n), b)) if iv[1] > iv[0]]
-            if step.op == "reduce_scatter":
-                so, sn = split(n, len(g))[g.index(rank)]
-                lo, hi = off + so, off + so + sn
-                keep = [(max(a, lo), min(b, hi)) for a, b in keep]
-            else:
-                keep = [(off, off + n)]
-            owned = rest + [iv for iv in keep if iv[1] > iv[0]]
-    return sum(b - a for a, b in owned)
 
 
 def run_step(topology: Topology, workload: Workload, strategy: Strategy, constants: SimConstants,
@@ -284,7 +246,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
         if deps:
             yield simpy.AllOf(env, deps)
         start = env.now
-        esize = plan.element_size if st.phase == "grad" else workload.param_bytes
+        esize = plan.wire_bytes(st)
         numel = max(n for _, n in rs)
         if aggregate:
             yield start_coflow(net, st.op, template(st.op, gs), numel, esize, resource_of)
@@ -301,7 +263,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
     for key in sub:
         env.process(run_sub(key))
 
-    owned = owned_elements(plan, groups[0][0], train_step)
+    owned = sum(n for _, n in plan.owned_regions(groups[0][0]))
     opt_s = owned * constants.optimizer_bytes_per_param / constants.hbm_bandwidth_Bps
     grad_done = [done[k] for k in sub if k not in pre and k not in post]
     marks = {}

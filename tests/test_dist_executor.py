@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hdc.plan import Plan
-from hdc.strategies import DistributedOptimizer, Hierarchical, bucketed
+from hdc.strategies import Chunked, DistributedOptimizer, Hierarchical, bucketed
 from trainer.distributed.checks import SIZES, strategy_cases, topology_for_world
 
 WORLDS = (2, 4, 6)
@@ -152,17 +152,18 @@ def test_scratch_pool_does_not_grow_across_repeated_calls(repeated_results):
 
 
 def test_owned_regions_cover_the_buffer_once_per_bucketed_plan():
-    from hdc.reference import owned_regions
-
     topo = topology_for_world(6)
-    plan = bucketed(DistributedOptimizer(), topo, [range(6)], [10, 7, 1], 4)
-    covered = np.zeros(plan.numel, int)
-    for rank in range(6):
-        regions = owned_regions(plan, rank)
-        assert len(regions) == 3  # one shard per bucket
-        for off, n in regions:
-            covered[off:off + n] += 1
-    assert (covered == 1).all()
+    for strategy in (DistributedOptimizer(), Chunked(DistributedOptimizer(), chunks=3)):
+        plan = bucketed(strategy, topo, [range(6)], [10, 7, 1], 4)
+        covered = np.zeros(plan.numel, int)
+        for rank in range(6):
+            regions = plan.owned_regions(rank)
+            # one shard per bucket (per chunk of a bucket when chunked), 0-element ones dropped
+            assert rank != 0 or regions == ([(0, 2), (10, 2), (17, 1)] if strategy.name == "distributed_optimizer"
+                                            else [(0, 1), (4, 1), (7, 1), (10, 1), (13, 1), (15, 1), (17, 1)])
+            for off, n in regions:
+                covered[off:off + n] += 1
+        assert (covered == 1).all()
 
 
 def test_flat_buffers_regions_across_buckets():

@@ -22,6 +22,7 @@ def test_averaged_gradients_equal_full_batch(results, world):
     for r in rows:
         assert r["max_err"] < 1e-6, r
         assert r["buckets"] > 1 and r["spans"] >= r["buckets"], r  # synced bucket by bucket
+        assert r["plan_is_sync_plans"], r  # attach() ran hdc.sync's plan for this model
     # overlap: with one micro-batch the first bucket's collective starts during backward
     assert all(r["first_start_s"] < r["finish_called_s"] for r in rows if r["micro_batches"] == 1)
     keys = rows[0]["span_keys"]

@@ -343,7 +343,7 @@ def test_cli_refuses_without_root(monkeypatch):
 
 
 def test_cli_bad_values_are_user_errors():
-    from experiments.emulate.cli import effective_topology, parse_list
+    from experiments.emulate.spec import effective_topology, parse_list
     from hdc.units import parse_time
 
     with pytest.raises(UserError, match="--one-way-delays"):

@@ -42,21 +42,25 @@ def test_model_buckets_fill_in_reverse_registration_order_up_to_the_cap():
 
 
 def test_benchmark_plan_is_the_trainers_plan():
-    """The benchmark predicts hdc.strategies.bucketed; DistGradientSync builds _chunk_plan (inflight 1
-    for the strategies the benchmark accepts): the two must be the same steps."""
-    from hdc.strategies import bucketed, make_strategy
-    from trainer.distributed.grad_sync import _chunk_plan
+    """The benchmark predicts hdc.sync.bucket_plans over the trainer's buckets; DistGradientSync
+    takes hdc.sync.sync_plans over the model's parameters: the same steps."""
+    from hdc.strategies import make_strategy
+    from hdc.sync import bucket_plans, sync_plans
 
     topo = specmod.with_ranks_per_site(load_topology("tiny-2site"), 2)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 10), torch.nn.Linear(10, 10))
+    numels, esize = eg.model_buckets(model, 440)
+    params = [p.numel() for p in reversed(list(model.parameters()))]
     for name in eg.STRATEGIES:
-        ours = bucketed(make_strategy(name), topo, [[0, 1, 2, 3]], [300, 1000], 4)
-        theirs = _chunk_plan(make_strategy(name), topo, [[0, 1, 2, 3]], [300, 1000], 4, 1)
+        ours = bucket_plans(make_strategy(name), topo, [[0, 1, 2, 3]], numels).plan
+        theirs = sync_plans(make_strategy(name), topo, [[0, 1, 2, 3]], params, 440 // esize).plan
         assert ours.steps == theirs.steps and ours.numel == theirs.numel
 
 
 def test_predictions_use_the_calibrated_pipeline_on_the_trainers_plan():
     from hdc.cost import plan_time_s
-    from hdc.strategies import bucketed, make_strategy
+    from hdc.strategies import make_strategy
+    from hdc.sync import bucket_plans
 
     topo = specmod.with_ranks_per_site(specmod.with_wan(load_topology("tiny-2site"), one_way_s=0.01,
                                                         bandwidth_Bps=125e6), 2)
@@ -68,7 +72,7 @@ def test_predictions_use_the_calibrated_pipeline_on_the_trainers_plan():
     assert slow["calibrated_ms"] == pytest.approx(bare["calibrated_ms"] + 3 * 3.0, rel=1e-9)
     # gloo's ready notices cross the 10 ms WAN before the data (rendezvous); the bound has none
     assert bare["calibrated_ms"] > bare["bound_ms"] + 10.0
-    plan = bucketed(make_strategy("hierarchical"), topo, [[0, 1, 2, 3]], [365_568], 4)
+    plan = bucket_plans(make_strategy("hierarchical"), topo, [[0, 1, 2, 3]], [365_568]).plan
     assert bare["bound_ms"] == pytest.approx(plan_time_s(topo, plan) * 1e3)
     assert slow["uncalibrated_ms"] == bare["uncalibrated_ms"]  # the constants do not touch it
 

@@ -3,7 +3,6 @@ CLI arguments. Whatever the input, the outcome is success or a UserError naming 
 never another exception, never a traceback, never partial output. 250 cases in the default
 run (5 targets × 50); `-m fuzz` runs 1,000 per target."""
 import copy
-import os
 
 import pytest
 import yaml

@@ -42,11 +42,11 @@ def test_every_link_and_image_exists_and_no_figure_is_empty(report):
 
 
 def test_reproduction_numbers_come_from_the_simulator(report):
-    from hdc.strategies import make_strategy
+    from hdc.strategies import strategy_from_dict
     from simulator import SimConstants, simulate
 
     summary = json.load(open(os.path.join(report, "summary.json")))
-    r = simulate(summary["topology"], summary["workload"], make_strategy(**summary["strategy"]),
+    r = simulate(summary["topology"], summary["workload"], strategy_from_dict(summary["strategy"]),
                  SimConstants(compute_efficiency=summary["compute_efficiency"]))
     assert summary["predicted"]["repro/2site"]["mfu"] == pytest.approx(r.mfu, rel=1e-9)
     rows = {row[0]: row for row in csv.reader(open(os.path.join(report, "repro.csv")))}

@@ -4,7 +4,6 @@ import pytest
 
 from hdc.cli import main
 from hdc.errors import UserError
-from hdc.topology import load_topology
 from hdc.workload import workload_from_dict
 from simulator import Faults, SimConstants, simulate
 from simulator.faults import apply_to_topology, stage_factors

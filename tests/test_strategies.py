@@ -7,8 +7,7 @@ import pytest
 
 from hdc import cost
 from hdc.errors import UserError
-from hdc.plan import split
-from hdc.reference import owned_regions, run_plan
+from hdc.reference import run_plan
 from hdc.strategies import (Chunked, DistributedOptimizer, FlatRing, Hierarchical, LocalSGD, bucketed,
                             make_strategy)
 from hdc.topology import topology_from_dict
@@ -107,7 +106,7 @@ def test_distributed_optimizer_shards_partition_the_buffer():
         numel = rng.randint(1, 200)
         plan = DistributedOptimizer(rng.random() < 0.5).plan(topo, groups, numel)
         for g in groups:
-            covered = sorted(region for r in g for region in owned_regions(plan, r))
+            covered = sorted(region for r in g for region in plan.owned_regions(r))
             covered = [c for c in covered if c[1] > 0]
             assert sum(n for _, n in covered) == numel
             assert all(a[0] + a[1] == b[0] for a, b in zip(covered, covered[1:]))
@@ -118,7 +117,7 @@ def test_distributed_optimizer_shards_partition_the_buffer():
         for g in groups:
             total = np.sum([start[r] for r in g], axis=0)
             for r in g:
-                for off, n in owned_regions(plan, r):
+                for off, n in plan.owned_regions(r):
                     np.testing.assert_array_equal(buffers[r][off:off + n], total[off:off + n])
 
 
@@ -170,5 +169,25 @@ def test_make_strategy_names_and_errors():
         assert make_strategy(name).name == name
     with pytest.raises(UserError, match="strategy: must be one of"):
         make_strategy("ring_of_fire")
-    with pytest.raises(UserError, match="chunks: must be >= 1"):
+    with pytest.raises(UserError, match=r"strategy.chunks: must be an integer >= 1 and <= 4096, got 0"):
         make_strategy("chunked", chunks=0)
+
+
+def test_registry_knobs_reach_wrapped_strategies_and_unknown_ones_are_named():
+    from hdc.strategies import strategy_from_dict
+
+    s = strategy_from_dict({"name": "local_sgd", "inner": "distributed_optimizer", "hierarchical": False,
+                            "every": 3, "outer_lr": 0.7, "outer_momentum": 0.9})
+    assert s == LocalSGD(DistributedOptimizer(False), every=3, outer_lr=0.7, outer_momentum=0.9)
+    assert s.outer_optimizer() == (0.7, 0.9)
+    nested = strategy_from_dict({"name": "chunked", "chunks": 2, "inner": {"name": "local_sgd", "every": 4}})
+    assert nested == Chunked(LocalSGD(Hierarchical(), every=4), chunks=2)
+    assert strategy_from_dict(nested.to_dict()) == nested  # round trip through plain data
+    for spec, msg in [({"name": "hierarchical", "chunks": 2}, "strategy.chunks: not a knob of strategy hierarchical"),
+                      ({"name": "local_sgd", "every": 0}, "strategy.every: must be an integer >= 1"),
+                      ({"name": "local_sgd", "outer_momentum": 1.0}, "strategy.outer_momentum: must be a number"),
+                      ({"name": "chunked", "inflight": True}, "strategy.inflight: must be an integer"),
+                      ({"name": "chunked", "inner": "ring"}, "strategy.inner: must be one of"),
+                      ({"name": "chunked", "chunks": float("inf")}, "strategy.chunks: must be an integer")]:
+        with pytest.raises(UserError, match=msg):
+            strategy_from_dict(spec)

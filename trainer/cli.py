@@ -6,10 +6,12 @@ commands alone.
 """
 from __future__ import annotations
 
+import json
 import sys
 
 import yaml
 
+from hdc.commands import add_strategy_args, strategy_knobs
 from hdc.errors import UserError
 
 
@@ -26,9 +28,7 @@ def register(subparsers) -> None:
                    help="data-parallel processes on this machine (default: the topology's GPU count, or 1)")
     p.add_argument("--topology", default=None, metavar="PATH|PRESET",
                    help="lay the processes out on this topology (sets distributed.topology)")
-    p.add_argument("--strategy", default=None,
-                   help="gradient-sync strategy: flat_ring, hierarchical, chunked, distributed_optimizer, "
-                        "local_sgd (sets distributed.strategy)")
+    add_strategy_args(p, required=False)  # --strategy and every knob: they set distributed.<name>
     p.set_defaults(handler=cmd_train)
 
     r = subparsers.add_parser("recipe", help="Validate or print a GRPO recipe.")
@@ -97,6 +97,7 @@ def cmd_train(args) -> int:
         overrides.append(f"distributed.topology={args.topology}")
     if args.strategy is not None:
         overrides.append(f"distributed.strategy={args.strategy}")
+    overrides += [f"distributed.{k}={json.dumps(v)}" for k, v in strategy_knobs(args).items()]
     recipe = load_recipe(args.recipe, overrides)
     out = args.out or recipe.grpo.output_dir
     if "WORLD_SIZE" not in os.environ and (args.nproc or recipe.distributed.topology):

@@ -18,11 +18,12 @@ times on them, each update accumulating `gradient_accumulation_steps` micro-batc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from hdc.config import fail, from_dict, load_yaml, meta, set_dotted, to_dict
 from hdc.errors import UserError
+from hdc.strategies import STRATEGY_NAMES, knobs, strategy_from_dict
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 TIS_LEVELS = ("token", "sequence", "none")
@@ -192,22 +193,46 @@ class GenerationConfig:
 
 
 @dataclass
-class DistributedConfig:
-    """Data-parallel training over processes laid out on a topology (`hdc train --nproc/--topology`)."""
+class _DistributedBase:
+    """Data-parallel training over processes laid out on a topology (`hdc train --nproc/--topology`).
+    The strategy's knobs are fields of this section too, generated from hdc's strategy registry
+    (unset: the strategy's default; a knob the chosen strategy does not take is an error)."""
 
     topology: str | None = meta("Topology file or preset whose GPUs the processes stand for (None: one site of "
                                 "--nproc ranks).", default=None)
-    strategy: str = meta("Gradient-sync strategy (the simulator's names).", default="flat_ring",
-                         choices=("flat_ring", "hierarchical", "chunked", "distributed_optimizer", "local_sgd"))
-    chunks: int = meta("chunked: chunks per gradient bucket.", default=4, ge=1)
-    inner: str = meta("chunked / local_sgd: the wrapped strategy.", default="hierarchical",
-                      choices=("flat_ring", "hierarchical", "distributed_optimizer"))
-    every: int = meta("local_sgd: steps between cross-site parameter averages.", default=10, ge=1)
-    bucket_size_mb: float = meta("Gradient bucket size in MB (DDP's bucket_cap_mb).", default=25.0, gt=0)
+    strategy: str = meta("Gradient-sync strategy (the simulator's names; its knobs are the fields below).",
+                         default="flat_ring", choices=STRATEGY_NAMES)
+    bucket_size_mb: float = meta("Gradient bucket size in MB (DDP's bucket_cap_mb).", default=25.0, gt=0, le=1e6)
     timeout_s: float = meta("Every collective fails with a message naming its group and sites after this long.",
-                            default=300.0, gt=0)
+                            default=300.0, gt=0, le=86400)
     backend: str = meta("torch.distributed backend (auto: nccl with GPUs, else gloo).", default="auto",
                         choices=("auto", "gloo", "nccl"))
+
+    def strategy_knobs(self) -> dict:
+        return {k: getattr(self, k) for k in knobs() if getattr(self, k) is not None}
+
+    def build_strategy(self, path: str = "distributed"):
+        """The hdc strategy this section describes (validated by the registry)."""
+        return strategy_from_dict({"name": self.strategy, **self.strategy_knobs()}, path)
+
+    def validate(self, path: str = "") -> None:
+        self.build_strategy(path or "distributed")
+
+
+def _knob_fields() -> list:
+    """One optional field per knob of any registered strategy, with the registry's help and range."""
+    out = []
+    for name, k in knobs().items():
+        md = dict(k["metadata"])
+        md["help"] = f"{k['help']} (unset: the strategy's default)"
+        tp = Any if md.get("strategy") else k["type"] | None
+        out.append((name, tp, field(default=None, metadata=md)))
+    return out
+
+
+DistributedConfig = make_dataclass("DistributedConfig", _knob_fields(), bases=(_DistributedBase,))
+DistributedConfig.__module__ = __name__
+DistributedConfig.__doc__ = _DistributedBase.__doc__
 
 
 @dataclass

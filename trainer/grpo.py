@@ -335,7 +335,7 @@ class GRPOTrainer:
 
     @property
     def _sharded_optimizer(self) -> bool:
-        return getattr(self.grad_sync, "mode", None) == "zero"  # make_optimizer gave a ShardedOptimizer
+        return self.grad_sync.optimizer_is_sharded  # make_optimizer gave a ShardedOptimizer
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume_from_checkpoint: bool | str = False, progress: bool = True) -> dict[str, float]:
@@ -347,14 +347,14 @@ class GRPOTrainer:
             path = latest_checkpoint(out) if resume_from_checkpoint is True else Path(resume_from_checkpoint)
             if path is None:
                 raise UserError(f"--resume: no checkpoint under {out / 'checkpoints'}")
-            if getattr(self.grad_sync, "mode", None) == "local":
-                raise UserError("--resume: not supported with the local_sgd strategy (its outer anchor and "
-                                "momentum are not in the checkpoint); start a new run or use another strategy")
+            if not self.grad_sync.supports_resume:
+                raise UserError("--resume: not supported with a strategy that averages replicas across sites "
+                                "(local_sgd: its outer anchor and momentum are not in the checkpoint); start a "
+                                "new run or use another strategy")
             state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, rank=self.grad_sync.rank,
                                     world_size=self.grad_sync.world_size,
                                     sharded_optimizer=self._sharded_optimizer)
-            if self._sharded_optimizer:  # the sync's parameter buffers are a copy of the weights: refresh it
-                self.grad_sync._params_to_buffers()
+            self.grad_sync.reload_parameters()  # the sync may hold a copy of the weights: refresh it
             self.step = state["step"]
             self.updates = self.step * args.num_iterations
             self.sampler.load_state_dict(state["data"])

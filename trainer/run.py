@@ -16,12 +16,10 @@ def build_grad_sync(recipe: Recipe):
         from trainer.sync import LocalSync
 
         return LocalSync()
-    from hdc.strategies import make_strategy
     from trainer.distributed.grad_sync import DistGradientSync
 
     d = recipe.distributed
-    strategy = make_strategy(d.strategy, chunks=d.chunks, inner=d.inner, every=d.every)
-    return DistGradientSync.from_env(strategy, micro_batches=recipe.grpo.gradient_accumulation_steps,
+    return DistGradientSync.from_env(d.build_strategy(), micro_batches=recipe.grpo.gradient_accumulation_steps,
                                      bucket_cap_bytes=int(d.bucket_size_mb * 1e6), timeout_s=d.timeout_s,
                                      backend=None if d.backend == "auto" else d.backend)
 

@@ -11,6 +11,7 @@ Call order in one step:
     after_backward(model)          after each micro-batch's backward (may start bucketed reduces)
     finish(step)                   before optimizer.step(): gradients are final when it returns
     after_optimizer_step(...)      after optimizer.step() (parameter all-gather, local SGD average)
+    reload_parameters()            after a checkpoint replaced the weights
 """
 from __future__ import annotations
 
@@ -42,12 +43,25 @@ class GradientSync(Protocol):
     def make_optimizer(self, optimizer_cls, params, **kwargs):
         """The optimizer to train with (sharded across processes for the distributed optimizer)."""
 
+    @property
+    def optimizer_is_sharded(self) -> bool:
+        """make_optimizer gave an optimizer over this process's shards (its checkpoint is per rank)."""
+
+    @property
+    def supports_resume(self) -> bool:
+        """A checkpoint holds everything needed to continue this sync exactly."""
+
+    def reload_parameters(self) -> None:
+        """The model's parameters were replaced (checkpoint loaded): refresh any copy of them."""
+
 
 class LocalSync:
     """One process: there is nothing to synchronise."""
 
     rank = 0
     world_size = 1
+    optimizer_is_sharded = False
+    supports_resume = True
 
     def attach(self, model: torch.nn.Module) -> None:
         pass
@@ -66,3 +80,6 @@ class LocalSync:
 
     def make_optimizer(self, optimizer_cls, params, **kwargs):
         return optimizer_cls(params, **kwargs)
+
+    def reload_parameters(self) -> None:
+        pass

@@ -12,7 +12,8 @@ import signal
 import sys
 
 from hdc.errors import UserError
-from hdc.units import UnitError, parse_bandwidth, parse_time
+from hdc.units import parse_bandwidth, parse_time
+from experiments.emulate.spec import effective_topology, parse_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,41 +79,6 @@ def _topology_args(p: argparse.ArgumentParser, required: bool, sweep: bool = Fal
                        help="override every WAN link's bandwidth, e.g. 100Mbps; 'unlimited' = no shaping")
     p.add_argument("--ranks-per-site", type=int, default=None, help="override: every site one node of N ranks")
     _prefix_arg(p)
-
-
-def parse_list(text: str | None, parse, flag: str) -> list:
-    if text is None:
-        return [None]
-    out = []
-    for item in text.split(","):
-        item = item.strip()
-        if item == "unlimited" and parse is parse_bandwidth:
-            out.append("unlimited")
-            continue
-        try:
-            out.append(parse(item))
-        except UnitError as e:
-            raise UserError(f"{flag}: {e}") from None
-    if not out:
-        raise UserError(f"{flag}: empty list")
-    return out
-
-
-def effective_topology(path: str, one_way_s=None, bandwidth=None, ranks_per_site=None):
-    """The topology as emulated: the file/preset with the command line's overrides."""
-    from hdc.topology import load_topology
-    from experiments.emulate.spec import check_topology_for_emulation, with_ranks_per_site, with_wan
-
-    topo = load_topology(path)
-    if ranks_per_site is not None:
-        if ranks_per_site < 1:
-            raise UserError(f"--ranks-per-site: must be >= 1, got {ranks_per_site}")
-        topo = with_ranks_per_site(topo, ranks_per_site)
-    bw = None if bandwidth in (None, "unlimited") else bandwidth
-    if one_way_s is not None or bw is not None:
-        topo = with_wan(topo, one_way_s=one_way_s, bandwidth_Bps=bw)
-    check_topology_for_emulation(topo)
-    return topo
 
 
 def _single(args, name: str, parse):

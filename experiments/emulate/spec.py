@@ -19,6 +19,7 @@ import yaml
 
 from hdc.errors import UserError
 from hdc.topology import Topology, topology_from_dict
+from hdc.units import UnitError, parse_bandwidth
 
 STATE_ROOT = "/run/hdc-emulate"
 DEFAULT_PREFIX = "hdc"
@@ -192,3 +193,46 @@ def with_ranks_per_site(topology: Topology, ranks: int) -> Topology:
     for s in data["sites"]:
         s.update(nodes=1, gpus_per_node=ranks, pods=1)
     return topology_from_dict(data, f"{topology.name} (--ranks-per-site {ranks})")
+
+
+def case_strategy(case: dict):
+    """A measured case's strategy: its name with the case's knobs (chunks applies to chunked only)."""
+    from hdc.strategies import strategy_from_dict
+
+    return strategy_from_dict({"name": case["strategy"], **{k: case[k] for k in ("chunks", "inner") if k in case}},
+                              "strategy", lenient=True)
+
+
+def parse_list(text: str | None, parse, flag: str) -> list:
+    """A comma-separated flag value, each item parsed with `parse` (units); errors name the flag."""
+    if text is None:
+        return [None]
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if item == "unlimited" and parse is parse_bandwidth:
+            out.append("unlimited")
+            continue
+        try:
+            out.append(parse(item))
+        except UnitError as e:
+            raise UserError(f"{flag}: {e}") from None
+    if not out:
+        raise UserError(f"{flag}: empty list")
+    return out
+
+
+def effective_topology(path: str, one_way_s=None, bandwidth=None, ranks_per_site=None):
+    """The topology as emulated: the file/preset with the command line's overrides."""
+    from hdc.topology import load_topology
+
+    topo = load_topology(path)
+    if ranks_per_site is not None:
+        if ranks_per_site < 1:
+            raise UserError(f"--ranks-per-site: must be >= 1, got {ranks_per_site}")
+        topo = with_ranks_per_site(topo, ranks_per_site)
+    bw = None if bandwidth in (None, "unlimited") else bandwidth
+    if one_way_s is not None or bw is not None:
+        topo = with_wan(topo, one_way_s=one_way_s, bandwidth_Bps=bw)
+    check_topology_for_emulation(topo)
+    return topo

@@ -29,7 +29,7 @@ from hdc.topology import Topology
 from hdc.units import parse_bandwidth, parse_size, parse_time
 from experiments.emulate import calibrate, launch, netns
 from experiments.emulate.executor import predict_s
-from experiments.emulate.spec import build_spec, topology_to_data, wan_pair, write_topology
+from experiments.emulate.spec import build_spec, case_strategy, topology_to_data, wan_pair, write_topology
 
 # Connections stay warm between repeats: without this, TCP restarts from its initial window
 # after every idle gap longer than an RTO, and each measurement mixes in a random amount of
@@ -83,7 +83,8 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
 def _cases(topo: Topology, strategies: list[str], sizes: list[int], chunks: int, max_case_s: float):
     cases, skipped = [], []
     for size in sizes:
-        plans = {s: make_strategy(s, chunks=chunks).plan(topo, None, size // 4, 4) for s in strategies}
+        plans = {s: case_strategy({"strategy": s, "chunks": chunks}).plan(topo, None, size // 4, 4)
+                 for s in strategies}
         worst = max(cost.plan_time_s(topo, p) for p in plans.values())
         if worst > max_case_s:
             skipped.append(size)
@@ -140,7 +141,7 @@ def rows_for(config: str, topo: Topology, res: dict) -> list[dict]:
     one_way_s, bw = wan_pair(topo, 0, 1)
     rows = []
     for r in res["results"]:
-        strat = make_strategy(r["strategy"], chunks=r["chunks"])
+        strat = case_strategy(r)
         plan_model = strat.plan(model_topo, None, r["size_bytes"] // 4, 4)
         plan_nominal = strat.plan(topo, None, r["size_bytes"] // 4, 4)
         pred, model = predict_s(model_topo, plan_model, pipeline)
@@ -300,7 +301,7 @@ def recompute(raw_paths: list[str], out: str, baseline: list[str] | None = None)
 
 
 def run_validate(args) -> int:
-    from experiments.emulate.cli import effective_topology, parse_list
+    from experiments.emulate.spec import effective_topology, parse_list
     from experiments.emulate.spec import check_prefix
 
     if args.recompute:

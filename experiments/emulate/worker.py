@@ -20,11 +20,11 @@ import time
 import torch
 import torch.distributed as dist
 
-from hdc.strategies import make_strategy
 from hdc.topology import load_topology
 from experiments.emulate import calibrate
 from experiments.emulate.executor import executor_for
 from experiments.emulate.runner import check_sum, init_from_env, timed
+from experiments.emulate.spec import case_strategy
 
 
 WARM_BYTES = 16 << 20
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     margin_s = 2 * max_delay_s + 0.02
 
     cases = job["cases"]
-    plans = [make_strategy(c["strategy"], chunks=c.get("chunks", 4), inner=c.get("inner", "hierarchical"))
-             .plan(topo, None, c["size_bytes"] // 4, 4) for c in cases]
+    plans = [case_strategy(c).plan(topo, None, c["size_bytes"] // 4, 4) for c in cases]
     probes = calibrate.probe_plans(topo) if job.get("calibrate", True) else {}
     execu = executor_for(topo, plans + [p for ps in probes.values() for p in ps], rank, world)
     t0 = time.monotonic()

@@ -36,10 +36,11 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites:
 
     sync = None
     if world > 1:
-        from hdc.strategies import make_strategy
+        from hdc.strategies import strategy_from_dict
         from trainer.distributed.grad_sync import DistGradientSync
 
-        sync = DistGradientSync(topology(sites, world // sites), make_strategy(strategy, chunks=3, every=2),
+        spec = {"name": strategy, "chunks": 3, "every": 2}  # each knob where the strategy takes it
+        sync = DistGradientSync(topology(sites, world // sites), strategy_from_dict(spec, lenient=True),
                                 micro_batches=2, bucket_cap_bytes=200_000, timeout_s=60)
     root = Path(assets_root)
     # length varies within every group, so every step has a gradient (accuracy alone may be all-equal)

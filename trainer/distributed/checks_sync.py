@@ -14,7 +14,7 @@ from torch import nn
 
 from hdc.strategies import Chunked, DistributedOptimizer, FlatRing, Hierarchical, LocalSGD
 from trainer.distributed.checks import topology_for_world
-from trainer.distributed.grad_sync import DistGradientSync
+from trainer.distributed.grad_sync import DistGradientSync, model_sync_plans
 from trainer.distributed.groups import ProcessGroups
 
 ROWS_PER_RANK = 4
@@ -68,6 +68,8 @@ def gradient_cases(rank: int, world: int) -> list[dict]:
             err = max(float((p.grad - g).abs().max()) for p, g in zip(model.parameters(), ref_grads))
             out.append({"case": name, "micro_batches": micro_batches, "rank": rank, "max_err": err,
                         "buckets": len(sync.buckets), "spans": len(sync.last_spans),
+                        "plan_is_sync_plans": sync.plans.plan.steps == model_sync_plans(
+                            strategy, topo, [list(range(world))], make_model(), 256).plan.steps,
                         "first_start_s": min(sp["start_s"] for sp in sync.last_spans),
                         "finish_called_s": sync.last_finish_s,
                         "span_keys": sorted(sync.last_spans[0]) if sync.last_spans else []})
@@ -118,8 +120,8 @@ def local_sgd_cases(rank: int, world: int, steps: int = 4) -> list[dict]:
     out = []
     for outer_lr, momentum in ((1.0, 0.0), (0.7, 0.5)):
         model = make_model()
-        sync = DistGradientSync(topo, LocalSGD(Hierarchical(), every=2), rank, world, groups=groups,
-                                bucket_cap_bytes=512, outer_lr=outer_lr, outer_momentum=momentum)
+        sync = DistGradientSync(topo, LocalSGD(Hierarchical(), every=2, outer_lr=outer_lr, outer_momentum=momentum),
+                                rank, world, groups=groups, bucket_cap_bytes=512)
         sync.attach(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         anchor, mom_buf = _flat(model).clone(), None

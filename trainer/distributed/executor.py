@@ -270,7 +270,7 @@ class PlanExecutor:
             "rank": self.rank, "kind": self.kind, "label": s.label, "step_id": s.id, "op": s.op,
             "tier": s.tier, "phase": s.phase, "chunk": s.chunk, "group": list(op.group),
             "start_s": op.start_s, "end_s": end - run.t0,
-            "bytes": op.region[1] * self.plan.element_size,
+            "bytes": op.region[1] * self.plan.wire_bytes(op.step),
         })
 
     def _error(self, op: _Op, exc: Optional[BaseException]) -> RuntimeError:

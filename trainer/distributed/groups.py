@@ -24,6 +24,15 @@ from hdc.topology import Topology
 DEFAULT_TIMEOUT_S = 300.0
 
 
+def wait_work(work, timeout_s: float, what: str) -> None:
+    """Wait for one async collective with a deadline; a clear RuntimeError if it fails."""
+    try:
+        work.wait(timeout=datetime.timedelta(seconds=timeout_s))
+    except Exception as e:
+        raise RuntimeError(f"hdc: {what} failed after {timeout_s:g} s timeout or error: "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+
+
 def default_backend() -> str:
     """'nccl' when this process sees a GPU (and NCCL is built in), else 'gloo'.
     HDC_BACKEND overrides it."""

@@ -10,16 +10,16 @@ import torch
 import torch.distributed as dist
 
 from hdc.errors import UserError
-from trainer.distributed.grad_sync import DistGradientSync, wait_work
+from trainer.distributed.groups import wait_work
 
 
 class ShardedOptimizer:
-    """ZeRO-1: an optimizer over this rank's owned shards of the flat parameters (fp32 master
+    """(`sync` is the DistGradientSync that built it.) ZeRO-1: an optimizer over this rank's owned shards of the flat parameters (fp32 master
     copy, state only for the shard). step() updates the shard from the averaged gradient shard
     and writes it into the sync's parameter buffers; the sync's after_optimizer_step()
     all-gathers them into the model."""
 
-    def __init__(self, sync: DistGradientSync, optimizer_cls=torch.optim.AdamW, **kwargs):
+    def __init__(self, sync, optimizer_cls=torch.optim.AdamW, **kwargs):
         self.sync = sync
         self.regions = [(off, n) for off, n in sync.owned if n > 0]
         init = self._gather(sync.param_buffers).float().clone()

@@ -1,0 +1,109 @@
+"""One function decides what a training step's data-parallel sync does, for every executor.
+
+`sync_plans(strategy, topology, groups, param_numels, bucket_cap_numel)` is called by the
+simulator's step model (`simulator.step`, with a workload's per-rank parameters) and by the
+trainer's `DistGradientSync` (with the model's parameters): bucketing, chunking, periods, the
+wire format of every step and what each rank's optimizer owns are decided here, once, so a
+prediction and a run execute the same plan step for step and byte for byte.
+
+What the executors read from the result, instead of asking which strategy made it:
+  owned(rank)            the regions of the buffer this rank's optimizer updates (all of it,
+                         or its shards when the gradient steps reduce-scatter)
+  grad_divisor(rank)     how many ranks' gradients are summed into them (sum -> mean)
+  param_sync             None, 'gather' (parameter steps hand each owner's updated shards to
+                         the others) or 'average' (they sum replicas across sites: the trainer
+                         sums pseudo-gradients and applies `outer`, DiLoCo's outer step)
+  param_divisor(rank)    replicas summed by the parameter steps ('average')
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+from hdc.errors import UserError
+from hdc.plan import WIRE_BYTES, Plan
+from hdc.strategies import Strategy
+from hdc.topology import Topology
+
+GRAD_DTYPES = {"float32": "fp32", "bfloat16": "bf16"}  # distributed.grad_dtype -> wire format
+
+
+def bucket_numels(param_numels: Sequence[int], cap_numel: int) -> list[int]:
+    """Gradient buckets over parameters in production order (backward's: last layer first):
+    a new bucket starts when the next parameter would push this one over `cap_numel`, so a
+    bucket never splits a parameter and one larger than the cap is a bucket of its own
+    (torch DDP's bucket_cap_mb rule)."""
+    if cap_numel < 1:
+        raise UserError(f"bucket cap: must be >= 1 element, got {cap_numel}")
+    out: list[int] = []
+    cur = 0
+    for n in param_numels:
+        if cur and cur + n > cap_numel:
+            out.append(cur)
+            cur = 0
+        cur += n
+    if cur or not out:
+        out.append(cur)
+    return out
+
+
+@dataclass(frozen=True)
+class SyncPlans:
+    """The plan of one training step's sync and what it means for the optimizer."""
+    plan: Plan                        # 'grad' steps (bucket triggers) and 'param' steps (after the optimizer)
+    buckets: tuple[int, ...]          # elements of each gradient bucket, production order ('bucket:k')
+    outer: Optional[tuple[float, float]]  # (lr, momentum) of the outer step on averaged replicas
+
+    def owned(self, rank: int) -> list[tuple[int, int]]:
+        return self.plan.owned_regions(rank)
+
+    def sharded(self, rank: int) -> bool:
+        return sum(n for _, n in self.owned(rank)) < self.plan.numel
+
+    def grad_divisor(self, rank: int) -> int:
+        return max(self.plan.contributors(rank, "grad"), 1)
+
+    @property
+    def param_steps(self) -> list:
+        return [s for s in self.plan.steps if s.phase == "param"]
+
+    @property
+    def param_sync(self) -> Optional[str]:
+        ops = {s.op for s in self.param_steps}
+        if not ops:
+            return None
+        return "average" if "all_reduce" in ops or "reduce_scatter" in ops else "gather"
+
+    def param_divisor(self, rank: int) -> int:
+        return max(self.plan.contributors(rank, "param"), 1)
+
+    def param_due(self, train_step: int) -> bool:
+        return any(s.active(train_step) for s in self.param_steps)
+
+    @property
+    def period(self) -> int:
+        return max((s.period for s in self.param_steps), default=1)
+
+
+def sync_plans(strategy: Strategy, topology: Topology, groups: Sequence[Sequence[int]],
+               param_numels: Sequence[int], bucket_cap_numel: int, grad_wire: str = "fp32",
+               param_wire: Optional[str] = None) -> SyncPlans:
+    """The sync of one training step: `strategy` over data-parallel `groups`, for a per-rank
+    gradient buffer made of parameters of `param_numels` elements (production order),
+    bucketed at `bucket_cap_numel`. Steps the strategy leaves without a wire format send
+    `grad_wire` ('grad' phase) or `param_wire` ('param' phase; default grad_wire)."""
+    return bucket_plans(strategy, topology, groups, bucket_numels(param_numels, bucket_cap_numel), grad_wire,
+                        param_wire)
+
+
+def bucket_plans(strategy: Strategy, topology: Topology, groups: Sequence[Sequence[int]],
+                 buckets: Sequence[int], grad_wire: str = "fp32", param_wire: Optional[str] = None) -> SyncPlans:
+    """sync_plans once the buckets are known (sizes in production order)."""
+    for name, w in (("grad_wire", grad_wire), ("param_wire", param_wire or grad_wire)):
+        if w not in WIRE_BYTES:
+            raise UserError(f"{name}: must be one of {', '.join(WIRE_BYTES)}, got {w!r}")
+    groups = [sorted(g) for g in groups]
+    plan, triggers = strategy.sync_plan(topology, groups, list(buckets), WIRE_BYTES[grad_wire])
+    wires = {"grad": grad_wire, "param": param_wire or grad_wire}
+    plan.steps = [s if s.wire else replace(s, wire=wires[s.phase]) for s in plan.steps]
+    return SyncPlans(plan, tuple(triggers), strategy.outer_optimizer())
