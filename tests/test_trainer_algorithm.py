@@ -133,7 +133,8 @@ def test_delta_caps_the_unclipped_ratio_of_negative_advantages():
 
 
 def test_cispo_weights_logp_by_the_detached_capped_ratio():
-    # per token -min(r, eps_high 1.2) A logp: row 0 (A 1): -(1 x 0), -(1.2 x log 1.5) | row 1 (A -2): 2 x 0.7 log 0.7, 0, 2 x 1.2 log 1.3
+    # per token -min(r, eps_high 1.2) A logp: row 0 (A 1): -(1 x 0), -(1.2 x log 1.5)
+    #                                         row 1 (A -2): 2 x 0.7 log 0.7, 0, 2 x 1.2 log 1.3
     logps = RATIOS.log().requires_grad_()
     # for cispo, epsilon_high is the cap of the ratio itself (TRL)
     loss, stats = grpo_loss(logps, torch.zeros_like(logps), ADV, MASK, loss_type="cispo", epsilon_low=0.2,

@@ -192,10 +192,10 @@ class GRPOTrainer:
         stamps: list[tuple[float, float]] = []  # per update: time.time() entering finish(), leaving it
         n_micro, size = args.gradient_accumulation_steps, args.per_device_train_batch_size
         per_pass = self.updates_per_generation // args.num_iterations  # updates per pass over the batch
-        n_updates = max(1, min(self.updates_per_generation, args.max_steps - self.step))  # the last round may stop early
+        n_updates = max(1, min(self.updates_per_generation, args.max_steps - self.step))  # a last round may stop early
         mb_rows = n_micro * size  # rows of one update
-        processed_tokens = sum(float(batch["completion_mask"][(u % per_pass) * mb_rows:(u % per_pass + 1) * mb_rows].sum())
-                               for u in range(n_updates))  # for token-weighted metric means
+        tokens_per_update = batch["completion_mask"].view(per_pass, -1).sum(1)  # the rows of update u: u % per_pass
+        processed_tokens = sum(float(tokens_per_update[u % per_pass]) for u in range(n_updates))  # for metric means
         global_tokens = sync.all_reduce_sum([float(batch["completion_mask"].sum())])[0]
         sums = {"loss": 0.0, "kl": 0.0, "clip_ratio/low": 0.0, "clip_ratio/high": 0.0, "entropy": 0.0}
         grad_norm = 0.0

@@ -97,7 +97,8 @@ class GenerationServer:
                 return 409, {"error": "weights out of date", **self.health()}
             params = SamplingParams(int(body["max_new_tokens"]), float(body.get("temperature", 1.0)),
                                     float(body.get("top_p", 1.0)), top_k=int(body.get("top_k", 0)),
-                                    min_p=body.get("min_p"), repetition_penalty=float(body.get("repetition_penalty", 1.0)))
+                                    min_p=body.get("min_p"),
+                                    repetition_penalty=float(body.get("repetition_penalty", 1.0)))
             ids, truncated, logprobs = self.engine_generate(body["prompt_token_ids"], int(body.get("n", 1)),
                                                             params, set(body.get("stop_token_ids") or []))
             return 200, {"completion_ids": ids, "truncated": truncated, "logprobs": logprobs,
