@@ -176,6 +176,14 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     return obj
 
 
+def convert_fields(obj: Any, path: str) -> None:
+    """Run `convert` (types, ranges, choices, parsers) on every field of a dataclass built in
+    Python, as from_dict does for a file; the converted values replace the given ones."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        setattr(obj, f.name, convert(f"{path}.{f.name}", getattr(obj, f.name), hints[f.name], dict(f.metadata)))
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 

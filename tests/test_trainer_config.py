@@ -26,12 +26,41 @@ def test_both_recipes_validate():
 def test_deepscaler_batch_needs_64_processes():
     g = load_recipe(str(ROOT / "recipes/deepscaler.yaml")).grpo
     assert g.completions_per_step(world_size=64) == 512 * 64
-    with pytest.raises(UserError, match="grpo.generation_batch_size: must equal"):
-        g.completions_per_step(world_size=1)
+    assert g.updates_per_generation(world_size=64) == 1
+    # on fewer processes the same generation batch is several optimizer steps (TRL's steps_per_generation)
+    assert g.updates_per_generation(world_size=8) == 8
+    with pytest.raises(UserError, match="grpo.generation_batch_size: must be per_device_train_batch_size x "
+                                        "processes x a multiple of gradient_accumulation_steps"):
+        g.completions_per_step(world_size=3)
+
+
+def test_steps_per_generation_and_generation_batch_size_follow_trl():
+    g = GRPOConfig(per_device_train_batch_size=4, gradient_accumulation_steps=2, steps_per_generation=6,
+                   num_generations=4, num_iterations=2)
+    assert (g.completions_per_step(2), g.updates_per_generation(2)) == (4 * 2 * 6, 2 * 6 // 2)
+    with pytest.raises(UserError, match="grpo.steps_per_generation: set generation_batch_size or "
+                                        "steps_per_generation, not both"):
+        GRPOConfig(steps_per_generation=2, generation_batch_size=16).validate("grpo")
+    with pytest.raises(UserError, match="grpo.steps_per_generation: must be a multiple of "
+                                        "gradient_accumulation_steps \\(2\\), got 3"):
+        GRPOConfig(gradient_accumulation_steps=2, steps_per_generation=3).validate("grpo")
+
+
+def test_grpo_config_built_in_python_gets_the_recipe_checks():
+    assert GRPOConfig(scale_rewards=True).scale_rewards == "group"
+    assert GRPOConfig(scale_rewards=False).scale_rewards == "none"
+    with pytest.raises(UserError, match="grpo.loss_type: must be one of grpo, bnpo, dr_grpo, dapo, cispo, sapo, "
+                                        "got 'vespo'"):
+        GRPOConfig(loss_type="vespo")
+    with pytest.raises(UserError, match="grpo.top_entropy_quantile: must be a number > 0 and <= 1, got 1.5"):
+        GRPOConfig(top_entropy_quantile=1.5)
+    with pytest.raises(UserError, match="grpo.sync_ref_model: needs a reference model: set beta > 0"):
+        GRPOConfig(sync_ref_model=True).validate("grpo")
+    GRPOConfig(loss_type="cispo", epsilon_high=5.0).validate("grpo")  # cispo works (tests/test_trainer_algorithm.py)
 
 
 @pytest.mark.parametrize("override, message", [
-    ("grpo.loss_type=sum", "grpo.loss_type: must be one of grpo, bnpo, dr_grpo, dapo, got 'sum'"),
+    ("grpo.loss_type=sum", "grpo.loss_type: must be one of grpo, bnpo, dr_grpo, dapo, cispo, sapo, got 'sum'"),
     ("grpo.learning_rate=-1", "grpo.learning_rate: must be a number > 0, got -1.0"),
     ("grpo.num_generations=3", "grpo.num_generations: must divide"),
     ("grpo.lerning_rate=1", "grpo.lerning_rate: unknown key"),
@@ -107,8 +136,8 @@ def test_lr_schedules_follow_transformers():
     # constant_with_warmup: linear from 0 over warmup_ratio x max_steps, then flat
     assert _lrs(6, lr_scheduler_type="constant_with_warmup", warmup_ratio=0.4, max_steps=10) == \
         [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
-    # warmup_steps overrides warmup_ratio; both count steps, i.e. num_iterations updates each
-    assert _lrs(5, lr_scheduler_type="constant_with_warmup", warmup_ratio=0.9, warmup_steps=2, max_steps=10,
+    # warmup_steps overrides warmup_ratio; both count optimizer updates, as in TRL, whatever num_iterations is
+    assert _lrs(5, lr_scheduler_type="constant_with_warmup", warmup_ratio=0.9, warmup_steps=4, max_steps=10,
                 num_iterations=2) == [0.0, 0.25, 0.5, 0.75, 1.0]
     # linear: warm-up, then down to 0 at max_steps
     assert _lrs(5, lr_scheduler_type="linear", warmup_steps=1, max_steps=5) == [0.0, 1.0, 0.75, 0.5, 0.25]

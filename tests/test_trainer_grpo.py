@@ -104,6 +104,40 @@ def test_trainer_drives_the_sync_it_was_given(tmp_path):
         + ["after_backward"] * 2 + ["finish 1", "after_optimizer_step 1"]
 
 
+def test_steps_per_generation_cuts_one_batch_into_several_updates(tmp_path):
+    # TRL: steps_per_generation 4 with gradient_accumulation_steps 2 -> 2 updates per generation round
+    sync = CountingSync()
+    trainer = make_trainer(tmp_path, sync=sync, steps_per_generation=4)
+    assert trainer.prompts_per_step == 8 * 4 // 4  # per_device 8 x 4 micro-batches / 4 generations
+    trainer.train_step()
+    assert sync.calls == ["attach"] + ["after_backward"] * 2 + ["finish 0", "after_optimizer_step 0"] \
+        + ["after_backward"] * 2 + ["finish 1", "after_optimizer_step 1"]
+
+
+def test_max_steps_and_checkpoints_count_optimizer_updates_as_trl(tmp_path):
+    # num_iterations 2: each generation round is 2 optimizer updates, so max_steps 4 is 2 rounds
+    result = make_trainer(tmp_path, num_iterations=2, max_steps=4, save_steps=2).train(progress=False)
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [2, 4]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    state = json.loads((tmp_path / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    assert state["data"]["index"] == 2 * 4  # 2 rounds of 4 prompts
+    assert result["learning_rate"] == pytest.approx(1e-4)
+
+
+def test_sync_ref_model_mixes_the_policy_into_the_reference(tmp_path):
+    trainer = make_trainer(tmp_path, beta=0.04, sync_ref_model=True, ref_model_sync_steps=1,
+                           ref_model_mixup_alpha=0.25)
+    with torch.no_grad():  # make policy and reference differ whatever the update does
+        for p in trainer.model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    before = {k: v.clone() for k, v in trainer.ref_model.state_dict().items()}
+    trainer.train_step()
+    policy, mixed = trainer.model.state_dict(), trainer.ref_model.state_dict()
+    for name in before:
+        assert torch.allclose(mixed[name], 0.25 * policy[name] + 0.75 * before[name], atol=1e-6), name
+    assert not torch.equal(mixed[name], before[name])
+
+
 def test_bad_user_input_names_the_field(tmp_path):
     from hdc.errors import UserError
 

@@ -54,6 +54,17 @@ def test_score_skips_none_in_the_weighted_sum():
     assert totals == [2.0 * 1.0 + 0.5, 0.5]
 
 
+def test_a_row_no_function_scores_has_reward_nan_and_a_warning(caplog):
+    # TRL 1.16: NaN, so that it is left out of the group's statistics (advantage 0, test_trainer_algorithm)
+    def math_only(prompts, completions, task, **kw):
+        return [1.0 if t == "math" else None for t in task]
+
+    with caplog.at_level("WARNING", logger="trainer.rewards"):
+        _, totals = score([math_only], [1.0], ["p", "q"], ["a", "b"], {"task": ["math", "chat"]})
+    assert totals[0] == 1.0 and math.isnan(totals[1])
+    assert "All reward functions returned None for 1 of 2 completions, e.g. prompt 'q'" in caplog.text
+
+
 def test_dataset_columns_arrive_as_keywords():
     seen = {}
 

@@ -6,7 +6,8 @@ import torch
 
 from hdc.config import from_dict
 from hdc.errors import UserError
-from trainer.vllm_backend import VLLMConfig, pad_logprobs, tis_metrics, tis_weights
+from trainer.algorithm import pad_logprobs, tis_metrics, tis_weights
+from trainer.vllm_backend import VLLMConfig
 
 # Two sequences; the second has one padding position.
 TRAINER = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, 0.0]])
@@ -56,3 +57,27 @@ def test_vllm_config_section_validates_with_field_names():
         from_dict(VLLMConfig, {"mode": "remote"}, "vllm")
     with pytest.raises(UserError, match="vllm.gpu_memory_utilization: must be a number > 0 and <= 1"):
         from_dict(VLLMConfig, {"gpu_memory_utilization": 1.5}, "vllm")
+
+
+def test_a_nan_sampler_logprob_gives_weight_one_as_in_trl():
+    # vLLM can return NaN (or no) log-probs: TRL's nan_to_num makes that token's difference 0
+    sampler = SAMPLER.clone()
+    sampler[0, 1] = math.nan
+    w = tis_weights(TRAINER, sampler, MASK, cap=2.0, level="token")
+    assert w[0, 1].item() == 1.0 and not torch.isnan(w).any()
+    seq = tis_weights(TRAINER, sampler, MASK, cap=2.0, level="sequence")  # exp(0.5 + 0 + 0)
+    assert seq[0, 0].item() == pytest.approx(math.exp(0.5))
+    m = tis_metrics(TRAINER, sampler, MASK, cap=2.0)
+    assert m["tis/logp_abs_diff_mean"] == pytest.approx((0.5 + 0 + 1.0 + 0.2) / 4)  # the NaN token left out
+    assert torch.isnan(pad_logprobs([[-1.0, None]], 2)[0, 1])
+
+
+def test_trl_importance_sampling_names_are_aliases_of_the_tis_options():
+    cfg = from_dict(VLLMConfig, {"vllm_importance_sampling_mode": "sequence_truncate",
+                                 "vllm_importance_sampling_clip_max": 3.0}, "vllm")
+    assert (cfg.tis_level, cfg.tis_cap) == ("sequence", 3.0)
+    assert from_dict(VLLMConfig, {"vllm_importance_sampling_correction": False}, "vllm").tis_level == "none"
+    assert from_dict(VLLMConfig, {"vllm_importance_sampling_cap": 4.0}, "vllm").tis_cap == 4.0
+    with pytest.raises(UserError, match="vllm.vllm_importance_sampling_mode: must be one of token_truncate, "
+                                        "sequence_truncate, got 'sequence_mask'"):
+        from_dict(VLLMConfig, {"vllm_importance_sampling_mode": "sequence_mask"}, "vllm")

@@ -10,10 +10,13 @@ same words:
     generation:  hf or vllm rollouts;  vllm: the engine's settings (TRL's vllm_* options)
     distributed: the topology and gradient-sync strategy of a data-parallel run
 
-One *step* is one generation round: `generation_batch_size` completions (prompts x
-`num_generations`) are sampled and scored, then the policy is updated `num_iterations`
-times on them, each update accumulating `gradient_accumulation_steps` micro-batches of
-`per_device_train_batch_size` completions.
+As in TRL, a *step* is one optimizer update (`max_steps`, `warmup_steps`, `logging_steps`,
+`save_steps` and `eval_steps` count them). A generation round samples and scores
+`generation_batch_size` completions (prompts x `num_generations`), shuffles them and cuts them
+into `steps_per_generation` micro-batches of `per_device_train_batch_size` per process; each
+update accumulates `gradient_accumulation_steps` of those micro-batches, and the whole batch is
+gone over `num_iterations` times: one round makes num_iterations x steps_per_generation /
+gradient_accumulation_steps updates (1 with the defaults).
 """
 from __future__ import annotations
 
@@ -21,11 +24,12 @@ import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
-from hdc.config import fail, from_dict, load_yaml, meta, set_dotted, to_dict
+from hdc.config import convert_fields, fail, from_dict, load_yaml, meta, set_dotted, to_dict
 from hdc.errors import UserError
 from hdc.strategies import STRATEGY_NAMES, knobs, strategy_from_dict
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 TIS_LEVELS = ("token", "sequence", "none")
 SCALE_REWARDS = ("group", "batch", "none")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -59,26 +63,54 @@ class GRPOConfig:
                                   "after the warm-up).", default="constant", choices=SCHEDULERS)
     warmup_ratio: float = meta("Fraction of max_steps spent warming the learning rate up linearly from 0 (not "
                                "with constant: use constant_with_warmup).", default=0.0, ge=0, le=1)
-    warmup_steps: int = meta("Steps of linear warm-up from 0; overrides warmup_ratio when > 0 (not with "
-                             "constant: use constant_with_warmup).", default=0, ge=0)
-    max_steps: int = meta("Number of steps (generation rounds) to train.", default=100, ge=1)
+    warmup_steps: int = meta("Optimizer updates of linear warm-up from 0; overrides warmup_ratio when > 0 (not "
+                             "with constant: use constant_with_warmup).", default=0, ge=0)
+    max_steps: int = meta("Optimizer updates to train (TRL's global steps; a generation round makes "
+                          "num_iterations x steps_per_generation / gradient_accumulation_steps of them).",
+                          default=100, ge=1)
     per_device_train_batch_size: int = meta("Completions per micro-batch on each process.", default=8, ge=1)
     gradient_accumulation_steps: int = meta("Micro-batches accumulated into one optimizer update.", default=1, ge=1)
     generation_batch_size: int | None = meta(
-        "Completions generated per step over all processes (prompts x num_generations). "
-        "Default: per_device_train_batch_size x gradient_accumulation_steps x processes; if set it must equal that.",
+        "Completions generated per round over all processes (prompts x num_generations): "
+        "per_device_train_batch_size x processes x steps_per_generation. Set this or steps_per_generation.",
         default=None, ge=1)
+    steps_per_generation: int | None = meta(
+        "Micro-batches each generation batch is cut into per process (default gradient_accumulation_steps: one "
+        "optimizer update per round and iteration); a multiple of gradient_accumulation_steps.", default=None, ge=1)
+    shuffle_dataset: bool = meta("Draw prompts in a seeded random order (else in file order), epoch after epoch.",
+                                 default=True)
     # --- GRPO algorithm
     num_generations: int = meta("Completions sampled per prompt (the group size).", default=8, ge=2)
-    num_iterations: int = meta("Policy updates per generation batch (mu in the GRPO paper).", default=1, ge=1)
-    beta: float = meta("KL coefficient to the frozen reference model (0 = no reference model is loaded).",
+    num_iterations: int = meta("Passes over each generation batch (mu in the GRPO paper).", default=1, ge=1)
+    beta: float = meta("KL coefficient to the reference model (0 = no reference model is loaded).",
                        default=0.0, ge=0)
+    use_bias_correction_kl: bool = meta("Weight the k3 KL term by the importance ratio exp(logp - old_logp), so it "
+                                        "estimates the current policy's KL from the behaviour policy's samples.",
+                                        default=True)
+    sync_ref_model: bool = meta("Move the reference model towards the policy every ref_model_sync_steps updates "
+                                "(TR-DPO; needs beta > 0).", default=False)
+    ref_model_sync_steps: int = meta("Updates between reference syncs (sync_ref_model).", default=512, ge=1)
+    ref_model_mixup_alpha: float = meta("Reference sync: ref = alpha x policy + (1 - alpha) x ref.", default=0.6,
+                                        ge=0, le=1)
     epsilon: float = meta("Lower clip range: the ratio is clipped at 1 - epsilon.", default=0.2, gt=0, lt=1)
     epsilon_high: float | None = meta("Upper clip range: the ratio is clipped at 1 + epsilon_high "
-                                      "(default: epsilon).", default=None, gt=0)
-    loss_type: str = meta("Loss aggregation: grpo (per-sequence mean), bnpo (local token mean), dr_grpo "
-                          "(sum / (batch x max_completion_length)), dapo (global token mean).",
-                          default="dapo", choices=LOSS_TYPES)
+                                      "(default: epsilon); for cispo the cap of the ratio itself (e.g. 5).",
+                                      default=None, gt=0)
+    delta: float | None = meta("Two-sided clipping: the unclipped ratio is also capped at delta (> 1 + epsilon "
+                               "recommended; None = off).", default=None, gt=1)
+    importance_sampling_level: str = meta("Importance ratio per token, or per sequence (GSPO: exp of the mean "
+                                          "token log-ratio).", default="token", choices=IMPORTANCE_SAMPLING_LEVELS)
+    loss_type: str = meta("grpo (per-sequence mean), bnpo (local token mean), dr_grpo (sum / (batch x "
+                          "max_completion_length)), dapo (global token mean), cispo (clipped ratio as a detached "
+                          "weight on logp; global token mean), sapo (sigmoid gate instead of a clip; per-sequence "
+                          "mean).", default="dapo", choices=LOSS_TYPES)
+    sapo_temperature_pos: float = meta("sapo: gate temperature for tokens with a positive advantage.",
+                                       default=1.0, gt=0)
+    sapo_temperature_neg: float = meta("sapo: gate temperature for tokens with a negative advantage.",
+                                       default=1.05, gt=0)
+    top_entropy_quantile: float = meta("Train only on the tokens whose entropy is in this top fraction of the "
+                                       "micro-batch's (1.0 = all tokens; 0.2 in Wang et al. 2025).", default=1.0,
+                                       gt=0, le=1)
     scale_rewards: str = meta("Divide advantages by the reward std of the group, of the batch, or not at all "
                               "(true = group, false = none).", default="group", parse=parse_scale_rewards)
     reward_weights: list[float] | None = meta("Weight of each reward function (default: all 1.0). In a "
@@ -92,6 +124,13 @@ class GRPOConfig:
     temperature: float = meta("Sampling temperature (also divides the logits in the loss).", default=1.0, gt=0)
     top_p: float = meta("Nucleus sampling: keep the smallest token set with this much probability.",
                         default=1.0, gt=0, le=1)
+    top_k: int = meta("Sample only from the this-many likeliest tokens (0 = no limit).", default=0, ge=0)
+    min_p: float | None = meta("Drop tokens whose probability is below min_p x the likeliest token's (None = off).",
+                               default=None, ge=0, le=1)
+    repetition_penalty: float = meta("Penalty on tokens already in the prompt or completion (> 1 discourages "
+                                     "repeats; 1 = off).", default=1.0, gt=0)
+    disable_dropout: bool = meta("Set every dropout probability of the policy (and reference) to 0.",
+                                 default=False)
     # --- bookkeeping
     seed: int = meta("Seed for data order, sampling and initialisation.", default=42, ge=0)
     logging_steps: int = meta("Write metrics every this-many steps.", default=1, ge=1)
@@ -110,6 +149,12 @@ class GRPOConfig:
     torch_num_threads: int | None = meta("torch.set_num_threads for CPU runs (None = torch's default).",
                                          default=None, ge=1)
 
+    def __post_init__(self) -> None:
+        # a GRPOConfig built in Python gets the recipe's per-field checks and conversions
+        # (scale_rewards=True -> "group", loss_type outside LOSS_TYPES refused); validate() adds
+        # the checks that relate several fields
+        convert_fields(self, "grpo")
+
     def validate(self, path: str = "") -> None:
         p = f"{path}." if path else ""
         if self.lr_scheduler_type == "constant" and (self.warmup_ratio or self.warmup_steps):
@@ -118,14 +163,24 @@ class GRPOConfig:
             raise fail(f"{p}{field}", f"lr_scheduler_type constant has no warm-up (as in transformers); use "
                                       f"lr_scheduler_type constant_with_warmup, or {field} 0, got "
                                       f"{getattr(self, field)}")
-        completions = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if self.generation_batch_size is not None and self.steps_per_generation is not None:
+            raise fail(f"{p}steps_per_generation", f"set generation_batch_size or steps_per_generation, not both "
+                                                   f"(as in TRL), got {self.steps_per_generation} and "
+                                                   f"generation_batch_size {self.generation_batch_size}")
+        spg = self.steps_per_generation or self.gradient_accumulation_steps
+        if spg % self.gradient_accumulation_steps:
+            raise fail(f"{p}steps_per_generation", f"must be a multiple of gradient_accumulation_steps "
+                                                   f"({self.gradient_accumulation_steps}), got {spg}")
+        completions = self.per_device_train_batch_size * spg
         if self.generation_batch_size is None and completions % self.num_generations:
             raise fail(f"{p}num_generations",
-                       f"must divide per_device_train_batch_size x gradient_accumulation_steps = {completions}, "
+                       f"must divide per_device_train_batch_size x steps_per_generation = {completions}, "
                        f"got {self.num_generations}")
         if self.generation_batch_size is not None and self.generation_batch_size % self.num_generations:
             raise fail(f"{p}generation_batch_size",
                        f"must be a multiple of num_generations ({self.num_generations}), got {self.generation_batch_size}")
+        if self.sync_ref_model and self.beta == 0.0:
+            raise fail(f"{p}sync_ref_model", "needs a reference model: set beta > 0, got beta 0")
 
     @property
     def epsilon_low(self) -> float:
@@ -136,20 +191,32 @@ class GRPOConfig:
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     def warmup_updates(self) -> int:
-        """Optimizer updates of linear warm-up: warmup_steps (or warmup_ratio x max_steps), in updates
-        (num_iterations per step), as transformers' get_warmup_steps counts them."""
-        steps = self.warmup_steps if self.warmup_steps > 0 else math.ceil(self.warmup_ratio * self.max_steps)
-        return steps * self.num_iterations
+        """Optimizer updates of linear warm-up: warmup_steps, or warmup_ratio x max_steps rounded up, as
+        transformers' get_warmup_steps counts them (max_steps counts updates too)."""
+        return self.warmup_steps if self.warmup_steps > 0 else math.ceil(self.warmup_ratio * self.max_steps)
+
+    def micro_batches_per_generation(self, world_size: int = 1) -> int:
+        """steps_per_generation: given, or from generation_batch_size, or gradient_accumulation_steps (TRL's rule)."""
+        if self.steps_per_generation is not None:
+            return self.steps_per_generation
+        if self.generation_batch_size is None:
+            return self.gradient_accumulation_steps
+        per_micro_batch = self.per_device_train_batch_size * world_size
+        if self.generation_batch_size % per_micro_batch or (
+                self.generation_batch_size // per_micro_batch) % self.gradient_accumulation_steps:
+            raise UserError(
+                f"grpo.generation_batch_size: must be per_device_train_batch_size x processes x a multiple of "
+                f"gradient_accumulation_steps = {self.per_device_train_batch_size} x {world_size} x "
+                f"k x {self.gradient_accumulation_steps} here, got {self.generation_batch_size}")
+        return self.generation_batch_size // per_micro_batch
 
     def completions_per_step(self, world_size: int = 1) -> int:
-        """Completions generated per step over all processes; checks generation_batch_size."""
-        local = self.per_device_train_batch_size * self.gradient_accumulation_steps * world_size
-        if self.generation_batch_size is not None and self.generation_batch_size != local:
-            raise UserError(
-                f"grpo.generation_batch_size: must equal per_device_train_batch_size x gradient_accumulation_steps "
-                f"x processes = {self.per_device_train_batch_size} x {self.gradient_accumulation_steps} x "
-                f"{world_size} = {local} here, got {self.generation_batch_size}")
-        return local
+        """Completions generated per generation round over all processes; checks generation_batch_size."""
+        return self.per_device_train_batch_size * world_size * self.micro_batches_per_generation(world_size)
+
+    def updates_per_generation(self, world_size: int = 1) -> int:
+        """Optimizer updates made on one generation batch: num_iterations x steps_per_generation / GA."""
+        return self.num_iterations * self.micro_batches_per_generation(world_size) // self.gradient_accumulation_steps
 
 
 @dataclass
@@ -184,6 +251,22 @@ class VLLMConfig:
                           choices=TIS_LEVELS)
     tis_cap: float = meta("TIS truncation: weights are min(ratio, tis_cap) (Yao et al. 2025 use 2).",
                           default=2.0, gt=0)
+    # TRL's names for the two options above, accepted as aliases (they win when given)
+    vllm_importance_sampling_correction: bool | None = meta("TRL's name: false = tis_level none.", default=None)
+    vllm_importance_sampling_mode: str | None = meta(
+        "TRL's name: token_truncate = tis_level token, sequence_truncate = sequence (TRL's *_mask modes, which "
+        "zero out-of-range weights, are not supported).", default=None, choices=("token_truncate", "sequence_truncate"))
+    vllm_importance_sampling_clip_max: float | None = meta("TRL's name for tis_cap.", default=None, gt=0)
+    vllm_importance_sampling_cap: float | None = meta("TRL's older name for tis_cap.", default=None, gt=0)
+
+    def validate(self, path: str = "") -> None:
+        if self.vllm_importance_sampling_mode is not None:
+            self.tis_level = self.vllm_importance_sampling_mode.removesuffix("_truncate")
+        if self.vllm_importance_sampling_correction is False:
+            self.tis_level = "none"
+        cap = self.vllm_importance_sampling_clip_max or self.vllm_importance_sampling_cap
+        if cap is not None:
+            self.tis_cap = cap
 
 
 @dataclass

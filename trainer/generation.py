@@ -18,6 +18,9 @@ class SamplingParams:
     max_new_tokens: int
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
+    top_k: int = 0  # 0 = no limit
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
     seeds: tuple[int, ...] | None = None  # one per prompt: sample each prompt's group from its own seed
 
 
@@ -81,7 +84,8 @@ class HFGenerationBackend:
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens, do_sample=sample, num_return_sequences=n,
             temperature=params.temperature if sample else None, top_p=params.top_p if sample else None,
-            top_k=0 if sample else None, pad_token_id=self.tokenizer.pad_token_id,
+            top_k=params.top_k if sample else None, min_p=params.min_p if sample else None,
+            repetition_penalty=params.repetition_penalty, pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(self.eos_ids), use_cache=True)
         was_training = self.model.training
         self.model.eval()

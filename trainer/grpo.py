@@ -20,7 +20,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from hdc.errors import UserError
-from trainer.algorithm import group_advantages, grpo_loss, token_entropy, token_logps
+from trainer.algorithm import (TIS, generation_order, group_advantages, grpo_loss, high_entropy_mask, mix_reference,
+                               pad_logprobs, reward_moments, std_from_moments, tis_metrics, tis_weights,
+                               token_entropy, token_logps)
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, refuse_pickled_weights, save_checkpoint
 from trainer.config import DataConfig, GRPOConfig
 from trainer.data import PromptSampler, evaluate_exact_match, format_prompt
@@ -31,11 +33,11 @@ from trainer.sync import GradientSync, LocalSync
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, args: GRPOConfig):
-    """transformers.get_scheduler over max_steps x num_iterations optimizer updates, with
-    args.warmup_updates() of linear warm-up (constant_with_warmup, linear, cosine)."""
+    """transformers.get_scheduler over max_steps optimizer updates, with args.warmup_updates() of
+    linear warm-up (constant_with_warmup, linear, cosine)."""
     from transformers import get_scheduler
 
-    return get_scheduler(args.lr_scheduler_type, optimizer, num_training_steps=args.max_steps * args.num_iterations,
+    return get_scheduler(args.lr_scheduler_type, optimizer, num_training_steps=args.max_steps,
                          num_warmup_steps=args.warmup_updates())
 
 
@@ -61,7 +63,7 @@ class GRPOTrainer:
     def __init__(self, model: str | torch.nn.Module, reward_funcs: Any, args: GRPOConfig, train_dataset: Any,
                  eval_dataset: Any = None, processing_class: Any = None, data: DataConfig | None = None,
                  grad_sync: GradientSync | None = None, generation_backend: GenerationBackend | None = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", tis: TIS | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         args.validate("grpo")  # a GRPOConfig built in Python gets the checks a recipe gets
@@ -80,6 +82,10 @@ class GRPOTrainer:
             self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype)
         else:
             self.model_path, self.model = None, model
+        if args.disable_dropout:  # TRL's disable_dropout_in_model
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
         self.tokenizer = processing_class or AutoTokenizer.from_pretrained(self.model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -104,9 +110,11 @@ class GRPOTrainer:
         world = self.grad_sync.world_size
         self.prompts_per_step = args.completions_per_step(world) // args.num_generations
         self.prompts_per_process = self.prompts_per_step // world
-        self.sampler = PromptSampler(len(train_dataset), args.seed)
+        self.updates_per_generation = args.updates_per_generation(world)
+        self.sampler = PromptSampler(len(train_dataset), args.seed, shuffle=args.shuffle_dataset)
         self.backend = generation_backend or HFGenerationBackend(self.model, self.tokenizer, args.max_prompt_length)
-        self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p)
+        self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p, top_k=args.top_k,
+                                       min_p=args.min_p, repetition_penalty=args.repetition_penalty)
 
         # attach first: the distributed optimizer shards the parameters it sees there
         self.grad_sync.attach(self.model)
@@ -114,9 +122,9 @@ class GRPOTrainer:
             torch.optim.AdamW, self.model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
             betas=(args.adam_beta1, args.adam_beta2))
         self.scheduler = build_scheduler(getattr(self.optimizer, "inner", self.optimizer), args)
-        self.tis_level, self.tis_cap = "none", 2.0  # set by run.build_trainer for the vllm backend
-        self.updates = 0  # optimizer updates so far (num_iterations per step)
-        self.step = 0
+        self.tis = tis or TIS()  # applied when the backend returns the sampler's log-probs (vLLM)
+        self.updates = 0  # optimizer updates so far
+        self.step = 0  # = updates at the start of a round: TRL's global step
         self.logger: MetricsLogger | None = None
 
     # ------------------------------------------------------------------ one step
@@ -156,65 +164,78 @@ class GRPOTrainer:
         rewards = torch.tensor(totals, dtype=torch.float32)
         batch_std = None
         if args.scale_rewards == "batch" and sync.world_size > 1:
-            n, s1, s2 = sync.all_reduce_sum([float(len(totals)), float(rewards.sum()), float((rewards ** 2).sum())])
-            batch_std = math.sqrt(max(s2 - s1 * s1 / n, 0.0) / max(n - 1, 1))
+            batch_std = std_from_moments(*sync.all_reduce_sum(reward_moments(rewards)))
         advantages = group_advantages(rewards, G, args.scale_rewards, batch_std)
 
         # 5. Token tensors: left-padded prompts + right-padded completions; loss mask ends at EOS.
         batch = self._batch(rep(prompt_texts), gen.completion_ids, gen.truncated)
-        use_tis = self.tis_level != "none" and getattr(gen, "logprobs", None) is not None
+        use_tis = self.tis.level != "none" and getattr(gen, "logprobs", None) is not None
         if use_tis:  # the sampler's own log-probs, for truncated importance sampling
-            from trainer.vllm_backend import pad_logprobs, tis_metrics, tis_weights
-
             batch["sampler_logps"] = pad_logprobs(gen.logprobs, batch["completion_ids"].shape[1])
 
         # 6. Behaviour log-probs (only when a batch is reused) and reference log-probs (only when beta > 0).
         t = time.perf_counter()
         with torch.no_grad():
-            old_logps = self._logps(self.model, batch)[0] if args.num_iterations > 1 else None
+            old_logps = self._logps(self.model, batch)[0] if self.updates_per_generation > 1 else None
             ref_logps = self._logps(self.ref_model, batch)[0] if self.ref_model is not None else None
         m["time/reference_s"] = time.perf_counter() - t
+        # Shuffled before it is cut into micro-batches, as TRL does (seeded: a resumed run cuts it alike).
+        order = generation_order(len(advantages), args.seed, self.step)
+        batch = {k: v[order] for k, v in batch.items()}
+        shuffled_adv = advantages[order]
+        old_logps = old_logps[order] if old_logps is not None else None
+        ref_logps = ref_logps[order] if ref_logps is not None else None
 
-        # 7. Policy updates: num_iterations x (gradient_accumulation_steps micro-batches, sync, step).
+        # 7. Policy updates: num_iterations passes over the steps_per_generation micro-batches, an optimizer
+        #    update (sync, step) after every gradient_accumulation_steps of them.
         t, sync_s = time.perf_counter(), 0.0
         stamps: list[tuple[float, float]] = []  # per update: time.time() entering finish(), leaving it
         n_micro, size = args.gradient_accumulation_steps, args.per_device_train_batch_size
-        local_tokens = float(batch["completion_mask"].sum())
-        global_tokens = sync.all_reduce_sum([local_tokens])[0]
+        per_pass = self.updates_per_generation // args.num_iterations  # updates per pass over the batch
+        n_updates = max(1, min(self.updates_per_generation, args.max_steps - self.step))  # a last round may stop early
+        mb_rows = n_micro * size  # rows of one update
+        tokens_per_update = batch["completion_mask"].view(per_pass, -1).sum(1)  # the rows of update u: u % per_pass
+        processed_tokens = sum(float(tokens_per_update[u % per_pass]) for u in range(n_updates))  # for metric means
+        global_tokens = sync.all_reduce_sum([float(batch["completion_mask"].sum())])[0]
         sums = {"loss": 0.0, "kl": 0.0, "clip_ratio/low": 0.0, "clip_ratio/high": 0.0, "entropy": 0.0}
         grad_norm = 0.0
         self.model.train()
-        for _ in range(args.num_iterations):
+        for update in range(n_updates):
             for k in range(n_micro):
-                sl = slice(k * size, (k + 1) * size)
+                sl = slice((update % per_pass) * mb_rows + k * size, (update % per_pass) * mb_rows + (k + 1) * size)
                 mb = {key: v[sl] for key, v in batch.items()}
                 logps, entropy = self._logps(self.model, mb, with_entropy=True)
                 behaviour = old_logps[sl] if old_logps is not None else logps.detach()
                 is_w = None
                 if use_tis:
-                    is_w = tis_weights(behaviour, mb["sampler_logps"], mb["completion_mask"], self.tis_cap,
-                                       self.tis_level)
-                    for key, v in tis_metrics(behaviour, mb["sampler_logps"], mb["completion_mask"], self.tis_cap,
-                                              self.tis_level).items():
-                        sums[key] = sums.get(key, 0.0) + v / (n_micro * args.num_iterations)
+                    is_w = tis_weights(behaviour, mb["sampler_logps"], mb["completion_mask"], self.tis.cap,
+                                       self.tis.level)
+                    for key, v in tis_metrics(behaviour, mb["sampler_logps"], mb["completion_mask"], self.tis.cap,
+                                              self.tis.level).items():
+                        sums[key] = sums.get(key, 0.0) + v / (n_micro * n_updates)
+                entropy_mask = (high_entropy_mask(entropy, mb["completion_mask"], args.top_entropy_quantile)
+                                if args.top_entropy_quantile < 1.0 else None)
                 loss, stats = grpo_loss(
-                    logps, behaviour, advantages[sl],
+                    logps, behaviour, shuffled_adv[sl],
                     mb["completion_mask"], loss_type=args.loss_type, epsilon_low=args.epsilon_low,
                     epsilon_high=args.epsilon_upper, beta=args.beta,
                     ref_logps=ref_logps[sl] if ref_logps is not None else None,
                     max_completion_length=args.max_completion_length, num_micro_batches=n_micro,
-                    num_items_in_batch=global_tokens / sync.world_size, is_weights=is_w)
+                    # TRL: the generation batch's tokens over processes, scaled to one update's share
+                    num_items_in_batch=global_tokens / sync.world_size / per_pass,
+                    is_weights=is_w, importance_sampling_level=args.importance_sampling_level, delta=args.delta,
+                    use_bias_correction_kl=args.use_bias_correction_kl, entropy_mask=entropy_mask,
+                    sapo_temperature_pos=args.sapo_temperature_pos, sapo_temperature_neg=args.sapo_temperature_neg)
                 loss.backward()
                 s = time.perf_counter()
                 sync.after_backward(self.model)
                 sync_s += time.perf_counter() - s
-                w = stats.tokens / max(local_tokens, 1.0) / args.num_iterations  # token-weighted means
-                sums["loss"] += loss.item() / args.num_iterations
+                w = stats.tokens / max(processed_tokens, 1.0)  # token-weighted means
+                sums["loss"] += loss.item() / n_updates
                 sums["kl"] += stats.kl * w
                 sums["clip_ratio/low"] += stats.clip_ratio_low * w
                 sums["clip_ratio/high"] += stats.clip_ratio_high * w
-                sums["entropy"] += float((entropy * mb["completion_mask"]).sum()) / max(local_tokens, 1.0) \
-                    / args.num_iterations
+                sums["entropy"] += float((entropy * mb["completion_mask"]).sum()) / max(processed_tokens, 1.0)
             s, entered = time.perf_counter(), time.time()  # wall clock: comparable between ranks of one host
             sync.finish(self.updates)
             stamps.append((entered, time.time()))
@@ -228,6 +249,8 @@ class GRPOTrainer:
             sync.after_optimizer_step(self.model, self.optimizer, self.updates)
             sync_s += time.perf_counter() - s
             self.updates += 1
+            if args.sync_ref_model and self.updates % args.ref_model_sync_steps == 0:
+                mix_reference(self.ref_model, self.model, args.ref_model_mixup_alpha)
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         m["time/sync_s"] = sync_s
@@ -242,7 +265,9 @@ class GRPOTrainer:
             ok = v[~torch.isnan(v)]
             m[f"rewards/{name}/mean"] = float(ok.mean()) if len(ok) else math.nan
             m[f"rewards/{name}/std"] = float(ok.std()) if len(ok) > 1 else math.nan
-        m["rewards/total/mean"], m["rewards/total/std"] = float(rewards.mean()), float(rewards.std())
+        scored = rewards[~torch.isnan(rewards)]  # unscorable completions are left out, as in TRL
+        m["rewards/total/mean"] = float(scored.mean()) if len(scored) else math.nan
+        m["rewards/total/std"] = float(scored.std()) if len(scored) > 1 else math.nan
         m["advantages/mean"], m["advantages/std"] = float(advantages.mean()), float(advantages.std())
         m.update(sums)
         lengths = torch.tensor([len(c) for c in gen.completion_ids], dtype=torch.float32)
@@ -356,7 +381,7 @@ class GRPOTrainer:
                                     sharded_optimizer=self._sharded_optimizer)
             self.grad_sync.reload_parameters()  # the sync may hold a copy of the weights: refresh it
             self.step = state["step"]
-            self.updates = self.step * args.num_iterations
+            self.updates = self.step  # a step is an optimizer update
             self.sampler.load_state_dict(state["data"])
             self.backend.update_weights(self.model)  # a separate engine must not keep the start weights
         is_main = self.grad_sync.rank == 0
@@ -370,15 +395,16 @@ class GRPOTrainer:
         last: dict[str, float] = {}
         while self.step < args.max_steps:
             metrics = self.train_step()
-            self.step += 1
+            before, self.step = self.step, self.updates  # one round: updates_per_generation steps
             last = metrics
-            bar.update(1)
+            bar.update(self.step - before)
             bar.set_postfix(reward=f"{metrics['rewards/total/mean']:.3f}", s_per_step=f"{metrics['time/step_s']:.2f}")
-            if args.eval_steps and self.step % args.eval_steps == 0 and self.step < args.max_steps:
+            reached = lambda every: self.step // every > before // every  # noqa: E731 (a multiple of `every` passed)
+            if args.eval_steps and reached(args.eval_steps) and self.step < args.max_steps:
                 metrics.update(self.evaluate())
-            if self.step % args.logging_steps == 0 or self.step == args.max_steps:
+            if reached(args.logging_steps) or self.step == args.max_steps:
                 self._log(self.step, metrics)
-            if self.step % args.save_steps == 0 or self.step == args.max_steps:  # every rank takes part
+            if reached(args.save_steps) or self.step == args.max_steps:  # every rank takes part
                 self.save(out)
         bar.close()
         if self.eval_dataset is not None:

@@ -6,7 +6,8 @@ A reward function is `f(prompts, completions, **kwargs) -> list[float | None]`:
 - every dataset column arrives as a keyword argument holding one value per completion
   (e.g. `answer=[...]`), so TRL reward functions work unchanged;
 - `None` means "not applicable to this sample" (multi-task data): it is skipped in the
-  weighted sum rather than counted as zero.
+  weighted sum rather than counted as zero; a sample no function scores has reward NaN and
+  advantage 0, as in TRL.
 
 Built-ins: `accuracy` (answer in \\boxed{} or <answer>, checked with math-verify),
 `format` (<think>...</think><answer>...</answer>), `length` (distance to a target length).
@@ -15,6 +16,7 @@ User functions are named by import path `package.module:function`.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import re
 from typing import Any, Callable
@@ -22,6 +24,7 @@ from typing import Any, Callable
 from hdc.errors import UserError
 
 RewardFunc = Callable[..., list]
+log = logging.getLogger(__name__)
 
 _FORMAT_RE = re.compile(r"^<think>.*?</think><answer>.*?</answer>$", re.DOTALL)
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -146,7 +149,9 @@ def score(reward_funcs: list[RewardFunc], weights: list[float], prompts: list, c
           columns: dict[str, list]) -> tuple[list[list[float]], list[float]]:
     """Run every reward function; return per-function values (NaN for None) and the weighted sums.
 
-    A sample's total skips functions that returned None for it; if all did, its total is 0.
+    A sample's total skips functions that returned None for it. If all did, its total is NaN
+    (TRL 1.16): it is left out of its group's and the batch's reward mean and std, its advantage
+    is 0 (trainer.algorithm.group_advantages), and a warning names the first such row.
     """
     per_func: list[list[float]] = []
     for func in reward_funcs:
@@ -158,5 +163,11 @@ def score(reward_funcs: list[RewardFunc], weights: list[float], prompts: list, c
     totals = []
     for i in range(len(completions)):
         terms = [w * vals[i] for w, vals in zip(weights, per_func) if not math.isnan(vals[i])]
-        totals.append(sum(terms) if terms else 0.0)
+        totals.append(sum(terms) if terms else math.nan)
+    unscorable = [i for i, t in enumerate(totals) if math.isnan(t)]
+    if unscorable:
+        i = unscorable[0]
+        log.warning("All reward functions returned None for %d of %d completions, e.g. prompt %r, completion %r, "
+                    "columns %r; they get advantage 0. Make sure at least one reward function scores every row.",
+                    len(unscorable), len(totals), prompts[i], completions[i], {k: v[i] for k, v in columns.items()})
     return per_func, totals

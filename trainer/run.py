@@ -25,6 +25,7 @@ def build_grad_sync(recipe: Recipe):
 
 
 def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, generation_backend=None):
+    from trainer.algorithm import TIS
     from trainer.data import load_jsonl
     from trainer.grpo import GRPOTrainer
     from trainer.rewards import bind_params, resolve_reward
@@ -34,15 +35,16 @@ def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, ge
                                output_dir=str(out_dir) if out_dir is not None else recipe.grpo.output_dir)
     train = load_jsonl(recipe.data.train_file, "data.train_file")
     evaluation = load_jsonl(recipe.data.eval_file, "data.eval_file") if recipe.data.eval_file else None
+    vllm = recipe.generation.backend == "vllm"
+    tis = TIS(recipe.vllm.tis_level, recipe.vllm.tis_cap) if vllm else TIS()
     trainer = GRPOTrainer(model=recipe.model.name_or_path, reward_funcs=funcs, args=args, train_dataset=train,
                           eval_dataset=evaluation, data=recipe.data, grad_sync=grad_sync,
-                          generation_backend=generation_backend, dtype=recipe.model.dtype)
-    if generation_backend is None and recipe.generation.backend == "vllm":
+                          generation_backend=generation_backend, dtype=recipe.model.dtype, tis=tis)
+    if generation_backend is None and vllm:
         from trainer.vllm_backend import make_generation_backend
 
         trainer.backend = make_generation_backend(recipe.vllm, recipe.model.name_or_path, trainer.tokenizer,
                                                   args.max_prompt_length, seed=args.seed, model=trainer.model)
-        trainer.tis_level, trainer.tis_cap = recipe.vllm.tis_level, recipe.vllm.tis_cap
     return trainer
 
 

@@ -1,4 +1,4 @@
-"""Rollout generation with vLLM, colocated in the trainer process, and the TIS correction.
+"""Rollout generation with vLLM, colocated in the trainer process.
 
     backend = VLLMColocateBackend("runs/tiny-sft", tokenizer, VLLMConfig(), max_prompt_length=64)
     gen = backend.generate(prompt_texts, n=8, params=SamplingParams(32))  # a VLLMGeneration
@@ -7,7 +7,7 @@
 
 `VLLMGeneration` adds `logprobs`, the sampler's log-prob of every completion token, so the
 loss can correct for the trainer/vLLM mismatch with truncated importance sampling
-(`tis_weights`). The server mode (`trainer/vllm_server.py`) reuses the helpers below.
+(`trainer.algorithm.tis_weights`). The server mode (`trainer/vllm_server.py`) reuses the helpers below.
 vLLM is imported only inside functions: this module imports without it.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from hdc.errors import UserError
-from trainer.config import TIS_LEVELS, VLLMConfig  # noqa: F401 (VLLMConfig is re-exported)
+from trainer.config import VLLMConfig  # noqa: F401 (re-exported)
 from trainer.generation import Generation, SamplingParams, cut_at_eos
 
 log = logging.getLogger(__name__)
@@ -35,55 +35,6 @@ class VLLMGeneration(Generation):
 
     logprobs: list[list[float]] | None = None
     weights_version: int = 0
-
-
-# --------------------------------------------------------------------------- TIS
-def tis_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, cap: float,
-                level: str = "token") -> torch.Tensor:
-    """Truncated importance-sampling weights, (B, T), no gradient, 0 where mask is 0.
-
-    token:    w_t = min(exp(trainer_logp_t - sampler_logp_t), cap)
-    sequence: w   = min(prod_t exp(trainer_logp_t - sampler_logp_t), cap) over the masked tokens,
-              the same w on every token of the sequence (computed in log space: no overflow)
-    none:     w_t = 1
-    The policy-gradient term of each token is multiplied by w (Yao et al. 2025, "Your efficient RL
-    framework secretly brings you off-policy RL training"; TRL's vllm_importance_sampling_correction).
-    """
-    with torch.no_grad():
-        m = mask.to(torch.float32)
-        delta = (trainer_logp.float() - sampler_logp.float()) * m
-        log_cap = torch.log(torch.tensor(float(cap)))
-        if level == "token":
-            w = torch.exp(torch.clamp(delta, max=log_cap))
-        elif level == "sequence":
-            w = torch.exp(torch.clamp(delta.sum(dim=1, keepdim=True), max=log_cap)).expand_as(delta)
-        elif level == "none":
-            w = torch.ones_like(delta)
-        else:
-            raise ValueError(f"level must be one of {', '.join(TIS_LEVELS)}, got {level!r}")
-        return w * m
-
-
-def tis_metrics(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, cap: float,
-                level: str = "token") -> dict[str, float]:
-    """Log names: tis/weight_mean, tis/clipped_fraction, tis/logp_abs_diff_mean (masked token means)."""
-    with torch.no_grad():
-        m = mask.to(torch.float32)
-        n = float(m.sum().clamp(min=1))
-        w = tis_weights(trainer_logp, sampler_logp, mask, cap, level)
-        raw = tis_weights(trainer_logp, sampler_logp, mask, float("inf"), level)
-        diff = (trainer_logp.float() - sampler_logp.float()).abs() * m
-        return {"tis/weight_mean": float(w.sum()) / n,
-                "tis/clipped_fraction": float(((raw > cap) & (m > 0)).float().sum()) / n,
-                "tis/logp_abs_diff_mean": float(diff.sum()) / n}
-
-
-def pad_logprobs(logprobs: list[list[float]], width: int) -> torch.Tensor:
-    """Right-pad per-completion sampler log-probs to (B, width) with 0, like the completion tensor."""
-    out = torch.zeros((len(logprobs), width), dtype=torch.float32)
-    for i, row in enumerate(logprobs):
-        out[i, :len(row)] = torch.tensor(row[:width], dtype=torch.float32)
-    return out
 
 
 # --------------------------------------------------------------------------- engine helpers
@@ -156,7 +107,9 @@ def generate_ids(llm, prompt_ids: list[list[int]], n: int, params: SamplingParam
 
     greedy = params.temperature <= 0
     sp = VSamplingParams(n=n, max_tokens=params.max_new_tokens, temperature=0.0 if greedy else params.temperature,
-                         top_p=1.0 if greedy else params.top_p,
+                         top_p=1.0 if greedy else params.top_p, top_k=0 if greedy else params.top_k,
+                         min_p=0.0 if greedy or params.min_p is None else params.min_p,
+                         repetition_penalty=params.repetition_penalty,
                          stop_token_ids=sorted(eos_ids), logprobs=0, detokenize=False)
     if params.seeds is not None:  # one seeded request per prompt: rollouts independent of batching
         sp = [sp.clone() for _ in prompt_ids]

@@ -5,7 +5,8 @@
 
 Endpoints (JSON unless said otherwise):
     GET  /health          {"status", "model", "model_dir", "fingerprint", "weights_version", "instance_id", ...}
-    POST /generate        {"prompt_token_ids", "n", "max_new_tokens", "temperature", "top_p", "stop_token_ids",
+    POST /generate        {"prompt_token_ids", "n", "max_new_tokens", "temperature", "top_p", "top_k", "min_p",
+                           "repetition_penalty", "stop_token_ids",
                            "expect": {"instance_id", "weights_version"}?}
                           -> {"completion_ids", "truncated", "logprobs", "weights_version", "instance_id"};
                           409 when "expect" does not match (the server restarted or missed a push)
@@ -95,7 +96,9 @@ class GenerationServer:
                            or expect.get("weights_version") != self.weights_version):
                 return 409, {"error": "weights out of date", **self.health()}
             params = SamplingParams(int(body["max_new_tokens"]), float(body.get("temperature", 1.0)),
-                                    float(body.get("top_p", 1.0)))
+                                    float(body.get("top_p", 1.0)), top_k=int(body.get("top_k", 0)),
+                                    min_p=body.get("min_p"),
+                                    repetition_penalty=float(body.get("repetition_penalty", 1.0)))
             ids, truncated, logprobs = self.engine_generate(body["prompt_token_ids"], int(body.get("n", 1)),
                                                             params, set(body.get("stop_token_ids") or []))
             return 200, {"completion_ids": ids, "truncated": truncated, "logprobs": logprobs,
@@ -201,6 +204,7 @@ class VLLMServerBackend:
 
         body = {"prompt_token_ids": tokenize_prompts(self.tokenizer, prompts, self.max_prompt_length), "n": n,
                 "max_new_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
+                "top_k": params.top_k, "min_p": params.min_p, "repetition_penalty": params.repetition_penalty,
                 "stop_token_ids": sorted(self.eos_ids), "expect": self.expect}
         out = self._request("POST", "/generate", json.dumps(body).encode(), allow_conflict=self.model is not None)
         if out.get("_conflict"):  # restarted server (fresh weights from disk): push ours again, then generate
