@@ -111,6 +111,10 @@ class Plan:
     def step_bytes(self, step: Step) -> int:
         return step.numel * self.wire_bytes(step)
 
+    def lossy(self, step: Step) -> bool:
+        """The step's wire is narrower than the buffer: it encodes as hdc.wire defines."""
+        return self.wire_bytes(step) < self.element_size
+
     def owned_regions(self, rank: int) -> list[tuple[int, int]]:
         """(offset, numel) intervals of the buffer `rank` holds fully reduced after the plan's
         'grad' steps, in buffer order: all of it for all-reduce plans, this rank's shards for

@@ -7,6 +7,8 @@ Semantics per step and group (region = the group's (offset, numel)):
   all_gather      every member's shard j <- member j's shard j
   broadcast       every member's region <- first member's region
   send_recv       group (src, dst): dst's region <- src's region
+A step whose wire is narrower than the buffer (`Plan.lossy`) encodes what it sends and sums in
+fp32 as hdc.wire defines (reduce_scatter and all_gather only).
 """
 from __future__ import annotations
 
@@ -14,15 +16,19 @@ from typing import Mapping
 
 import numpy as np
 
+from hdc import wire as codec
 from hdc.plan import Plan, Step, split
 
 
-def apply_step(step: Step, buffers: Mapping[int, np.ndarray]) -> None:
+def apply_step(step: Step, buffers: Mapping[int, np.ndarray], wire: str | None = None) -> None:
+    """Run one step in place; `wire` names a lossy wire format (hdc.wire), None for exact."""
     for group, (off, n) in zip(step.groups, step.regions):
         if len(group) < 2 or n == 0:
             continue
         sl = slice(off, off + n)
-        if step.op == "all_reduce":
+        if wire is not None:
+            _apply_lossy(step.op, group, off, n, buffers, wire)
+        elif step.op == "all_reduce":
             total = np.sum([buffers[r][sl] for r in group], axis=0)
             for r in group:
                 buffers[r][sl] = total
@@ -55,4 +61,24 @@ def run_plan(plan: Plan, buffers: Mapping[int, np.ndarray], train_step: int = 0,
     """
     for step in plan.steps:
         if step.active(train_step) and (phase is None or step.phase == phase):
-            apply_step(step, buffers)
+            apply_step(step, buffers, plan.wire(step) if plan.lossy(step) else None)
+
+
+def _apply_lossy(op: str, group, off: int, n: int, buffers, wire: str) -> None:
+    shards = split(n, len(group))
+    if op == "reduce_scatter":
+        for j, (so, sn) in enumerate(shards):
+            sl = slice(off + so, off + so + sn)
+            acc = None
+            for r in group:  # decode each member's encoded shard j; sum in fp32, member order
+                part = codec.roundtrip(buffers[r][sl].astype(np.float32), wire)
+                acc = part.copy() if acc is None else acc + part
+            buffers[group[j]][sl] = acc
+    elif op == "all_gather":
+        for j, (so, sn) in enumerate(shards):
+            sl = slice(off + so, off + so + sn)
+            shard = codec.roundtrip(buffers[group[j]][sl].astype(np.float32), wire)
+            for r in group:
+                buffers[r][sl] = shard
+    else:
+        raise ValueError(f"{op} on a lossy wire ({wire}): plan it as reduce_scatter + all_gather")

@@ -31,6 +31,17 @@ def test_averaged_gradients_equal_full_batch(results, world):
 
 @pytest.mark.multiproc
 @pytest.mark.parametrize("world", WORLDS)
+def test_bf16_grad_dtype_halves_the_bytes_on_the_wire(results, world):
+    for rank in results[world]:
+        fp32, bf16 = rank["grad_dtype"]
+        assert fp32["wires"] == ["fp32"] and bf16["wires"] == ["bf16"]
+        assert bf16["bytes"] * 2 == fp32["bytes"] > 0
+        assert fp32["max_rel_err"] < 1e-6 and bf16["max_rel_err"] < 1e-2, (fp32, bf16)
+        assert bf16["grad_dtypes"] == ["torch.float32"]  # written back in the parameters' dtype
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("world", WORLDS)
 def test_all_reduce_sum(results, world):
     sums = [r["value"] for rank in results[world] for r in rank["grads"] if r["case"] == "all_reduce_sum"]
     assert sums == [[float(world), float(sum(range(world)))]] * world

@@ -191,3 +191,36 @@ def test_registry_knobs_reach_wrapped_strategies_and_unknown_ones_are_named():
                       ({"name": "chunked", "chunks": float("inf")}, "strategy.chunks: must be an integer")]:
         with pytest.raises(UserError, match=msg):
             strategy_from_dict(spec)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_compressed_sums_within_the_wire_precision_and_keeps_site_steps_exact(seed):
+    """hdc.reference on compressed plans: every member of a group ends with the same values,
+    within the int8/bf16 error of the exact sum; the inner strategy's site steps stay exact."""
+    from hdc.strategies import strategy_from_dict
+
+    rng = random.Random(seed)
+    topo = random_topology(rng)
+    groups = random_groups(rng, topo, equal_per_site=True)
+    for spec in ({"name": "compressed", "wire": "int8"}, {"name": "compressed", "wire": "bf16"},
+                 {"name": "compressed", "inner": {"name": "chunked", "chunks": 3}},
+                 {"name": "compressed", "inner": "distributed_optimizer"}):
+        strat = strategy_from_dict(spec)
+        numel = rng.randint(1, 400)
+        plan = strat.plan(topo, groups, numel)
+        lossy = [s for s in plan.steps if plan.lossy(s)]
+        assert all(s.tier == "wan" and s.op != "all_reduce" for s in lossy)
+        assert all(s.phase == "grad" for s in lossy)  # the distributed optimizer's parameter AG is exact
+        start = {r: np.random.default_rng([seed, r]).standard_normal(numel).astype(np.float32)
+                 for g in groups for r in g}
+        buffers = {r: v.copy() for r, v in start.items()}
+        run_plan(plan, buffers, phase="grad" if "distributed" in strat.describe() else None)
+        for g in groups:
+            exact = np.sum([start[r].astype(np.float64) for r in g], axis=0)
+            scale = np.max(np.abs(exact)) + 1e-30
+            for r in g:
+                owned = plan.owned_regions(r)
+                got = np.concatenate([buffers[r][o:o + n] for o, n in owned])
+                want = np.concatenate([exact[o:o + n] for o, n in owned])
+                tol = 0.0 if not lossy or len({topo.locate(x).site for x in g}) == 1 else 0.03
+                assert np.max(np.abs(got - want), initial=0.0) <= tol * scale + 1e-5 * scale, (spec, r)

@@ -63,7 +63,7 @@ def test_simulator_and_trainer_get_the_same_plan(topo_name, workload):
     model = meta_model(workload.param_numels())
     for strategy in strategies():
         sim = dp_plan(strategy, topo, workload, groups)
-        ours = model_sync_plans(strategy, topo, groups, model, workload.bucket_numel * 4,
+        ours = model_sync_plans(strategy, topo, groups, model, workload.bucket_numel * workload.grad_bytes,
                                 wires[workload.grad_bytes], wires[workload.param_bytes]).plan
         assert sim.steps == ours.steps, strategy.describe()
         assert sim.numel == ours.numel and [sim.step_bytes(s) for s in sim.steps] == \

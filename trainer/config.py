@@ -27,6 +27,7 @@ from typing import Any
 from hdc.config import convert_fields, fail, from_dict, load_yaml, meta, set_dotted, to_dict
 from hdc.errors import UserError
 from hdc.strategies import STRATEGY_NAMES, knobs, strategy_from_dict
+from hdc.sync import GRAD_DTYPES
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
@@ -290,6 +291,9 @@ class _DistributedBase:
                             default=300.0, gt=0, le=86400)
     backend: str = meta("torch.distributed backend (auto: nccl with GPUs, else gloo).", default="auto",
                         choices=("auto", "gloo", "nccl"))
+    grad_dtype: str = meta("What the gradient sync sends and sums in: float32, or bfloat16 (half the bytes; "
+                           "the simulator's workload grad_bytes 2).", default="float32",
+                           choices=tuple(GRAD_DTYPES))
 
     def strategy_knobs(self) -> dict:
         return {k: getattr(self, k) for k in knobs() if getattr(self, k) is not None}

@@ -21,7 +21,7 @@ def build_grad_sync(recipe: Recipe):
     d = recipe.distributed
     return DistGradientSync.from_env(d.build_strategy(), micro_batches=recipe.grpo.gradient_accumulation_steps,
                                      bucket_cap_bytes=int(d.bucket_size_mb * 1e6), timeout_s=d.timeout_s,
-                                     backend=None if d.backend == "auto" else d.backend)
+                                     backend=None if d.backend == "auto" else d.backend, grad_dtype=d.grad_dtype)
 
 
 def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, generation_backend=None):

@@ -78,6 +78,30 @@ def gradient_cases(rank: int, world: int) -> list[dict]:
     return out
 
 
+def grad_dtype_cases(rank: int, world: int) -> list[dict]:
+    """distributed.grad_dtype: bf16 buckets send half the bytes and average to within bf16's precision."""
+    topo = topology_for_world(world)
+    groups = ProcessGroups(topo, timeout_s=60)
+    x, y = make_batch(world, 0)
+    ref = make_model()
+    nn.functional.mse_loss(ref(x), y).backward()
+    out = []
+    for grad_dtype in ("float32", "bfloat16"):
+        model = make_model()
+        sync = DistGradientSync(topo, Hierarchical(), rank, world, groups=groups, bucket_cap_bytes=256,
+                                grad_dtype=grad_dtype)
+        sync.attach(model)
+        _local_backward(model, sync, _rows(rank, x), _rows(rank, y), 1)
+        sync.finish(0)
+        rel = max(float((p.grad - r.grad).abs().max() / r.grad.abs().max()) for p, r in zip(model.parameters(),
+                                                                                          ref.parameters()))
+        out.append({"grad_dtype": grad_dtype, "rank": rank, "max_rel_err": rel,
+                    "bytes": sum(sp["bytes"] for sp in sync.last_spans),
+                    "grad_dtypes": sorted({str(p.grad.dtype) for p in model.parameters()}),
+                    "wires": sorted({sync.plans.plan.wire(st) for st in sync.plans.plan.steps})})
+    return out
+
+
 def sharded_adamw_cases(rank: int, world: int, steps: int = 3) -> list[dict]:
     """ZeRO-1 AdamW over owned shards == single-process AdamW on the full batch."""
     topo = topology_for_world(world)
@@ -158,4 +182,5 @@ def local_sgd_cases(rank: int, world: int, steps: int = 4) -> list[dict]:
 
 def all_cases(rank: int, world: int) -> dict:
     return {"grads": gradient_cases(rank, world), "adamw": sharded_adamw_cases(rank, world),
+            "grad_dtype": grad_dtype_cases(rank, world),
             "local_sgd": local_sgd_cases(rank, world)}

@@ -44,6 +44,7 @@ import torch.distributed as dist
 
 from hdc.plan import Plan, Step, split
 from trainer.distributed.buffers import Buffers, FlatBuffers, ScratchPool
+from trainer.distributed.codec import decode, encode_into, payload_bytes
 from trainer.distributed.groups import ProcessGroups
 
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
@@ -289,7 +290,10 @@ class PlanExecutor:
         op.issued_at = time.perf_counter()
         op.start_s = op.issued_at - run.t0
         try:
-            op.work, op.finalize = self._launch(s.op, group, off, n, run.buf, op.scratch)
+            if self.plan.lossy(s):
+                op.work, op.finalize = self._launch_lossy(s.op, group, off, n, run.buf, op.scratch, self.plan.wire(s))
+            else:
+                op.work, op.finalize = self._launch(s.op, group, off, n, run.buf, op.scratch)
         except Exception as e:
             raise self._error(op, e) from e
         run.inflight.append(op)
@@ -378,6 +382,59 @@ class PlanExecutor:
                         buf.write(off + jo, out[pos[j] * m: pos[j] * m + jn])
             return work, unpack
         raise ValueError(kind)  # pragma: no cover - Step validates op
+
+
+    def _launch_lossy(self, kind: str, group: tuple[int, ...], off: int, n: int, buf: FlatBuffers,
+                      scratch: list, wire: str):
+        """A step on a lossy wire (hdc.wire): encoded shards as bytes through one all-to-all
+        (reduce-scatter: each owner decodes and sums in fp32 in member order) or one all-gather
+        (every member, the owner too, writes the decoded shards)."""
+        pg = self.groups.get(group)
+        p, shards = len(group), split(n, len(group))
+        m = -(-n // p)
+        width = payload_bytes(m, wire)
+        order = self.groups.members(group)
+        pos = [order.index(r) for r in group]
+        me = group.index(self.rank)
+        so, sn = shards[me]
+
+        def take(numel: int, dtype=torch.uint8) -> torch.Tensor:
+            t = self._pool.take(numel, dtype, buf.device)
+            scratch.append(t)
+            return t
+
+        def slot(t: torch.Tensor, k: int) -> torch.Tensor:
+            return t[k * width:(k + 1) * width]
+
+        if kind == "reduce_scatter":
+            inp = take(p * width)
+            for j, (jo, jn) in enumerate(shards):
+                encode_into(buf.read(off + jo, jn, out=take(jn, buf.dtype)), wire, slot(inp, pos[j]))
+            recv = take(p * width)
+            work = dist.all_to_all_single(recv, inp, group=pg, async_op=True)
+
+            def total() -> None:
+                acc = decode(slot(recv, pos[0]), wire, sn)
+                for j in range(1, p):  # member order, fp32: as hdc.reference does
+                    acc.add_(decode(slot(recv, pos[j]), wire, sn))
+                buf.write(off + so, acc.to(buf.dtype))
+            return work, total
+        if kind == "all_gather":
+            gloo = self.groups.backend == "gloo"
+            copies = p if gloo else 1  # gloo: an all-to-all, my shard once per member
+            inp = take(copies * width)
+            encode_into(buf.read(off + so, sn, out=take(sn, buf.dtype)), wire, slot(inp, 0))
+            for k in range(1, copies):
+                slot(inp, k).copy_(slot(inp, 0))
+            out = take(p * width)
+            work = (dist.all_to_all_single(out, inp, group=pg, async_op=True) if gloo else
+                    _all_gather(out, inp, group=pg, async_op=True))
+
+            def unpack() -> None:
+                for j, (jo, jn) in enumerate(shards):
+                    buf.write(off + jo, decode(slot(out, pos[j]), wire, jn).to(buf.dtype))
+            return work, unpack
+        raise ValueError(f"hdc: {kind} on a lossy wire ({wire}): plan it as reduce_scatter + all_gather")
 
 
 def _td(seconds: float):

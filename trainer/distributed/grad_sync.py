@@ -34,9 +34,9 @@ import torch
 import torch.distributed as dist
 
 from hdc.errors import UserError
-from hdc.plan import WIRE_OF_ELEMENT_SIZE
+from hdc.plan import WIRE_BYTES, WIRE_OF_ELEMENT_SIZE
 from hdc.strategies import Strategy, make_strategy
-from hdc.sync import SyncPlans, sync_plans
+from hdc.sync import GRAD_DTYPES, SyncPlans, sync_plans
 from hdc.topology import Topology
 from trainer.distributed.executor import PlanExecutor
 from trainer.distributed.groups import DEFAULT_TIMEOUT_S, ProcessGroups, wait_work
@@ -51,8 +51,9 @@ def model_sync_plans(strategy: Strategy, topology: Topology, dp_groups, model: t
     order = [p for p in reversed(list(model.parameters())) if p.requires_grad]
     esize = order[0].element_size()
     native = WIRE_OF_ELEMENT_SIZE.get(esize, "fp32")
-    return sync_plans(strategy, topology, dp_groups, [p.numel() for p in order], max(bucket_cap_bytes // esize, 1),
-                      grad_wire or native, param_wire or native)
+    grad_wire = grad_wire or native  # the cap counts gradient elements, as DDP's bucket_cap_mb
+    cap = max(bucket_cap_bytes // WIRE_BYTES[grad_wire], 1)
+    return sync_plans(strategy, topology, dp_groups, [p.numel() for p in order], cap, grad_wire, param_wire or native)
 
 
 class _Bucket:
@@ -78,13 +79,17 @@ class DistGradientSync:
     timeout_s          -- timeout of every collective (a dead peer ends the run with an error)
     backend            -- 'gloo' or 'nccl' (default: the world's backend)
     broadcast_params   -- make every replica start from the first DP member's parameters
+    grad_dtype         -- 'float32' or 'bfloat16': the gradient buckets' dtype, so what the
+                          gradient steps send (bf16 halves the bytes; Megatron's bf16 grad
+                          reduction); the averaged gradient is written back in the parameters' dtype
     """
 
     def __init__(self, topology: Topology, strategy: Union[Strategy, str], rank: Optional[int] = None,
                  world_size: Optional[int] = None, *, dp_groups: Optional[Sequence[Sequence[int]]] = None,
                  bucket_cap_bytes: int = 25 * 2 ** 20, micro_batches: int = 1,
                  timeout_s: float = DEFAULT_TIMEOUT_S, backend: Optional[str] = None,
-                 groups: Optional[ProcessGroups] = None, broadcast_params: bool = True):
+                 groups: Optional[ProcessGroups] = None, broadcast_params: bool = True,
+                 grad_dtype: str = "float32"):
         self.strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
         self.groups = groups or ProcessGroups(topology, backend=backend, timeout_s=timeout_s)
         self.topology = topology
@@ -105,6 +110,9 @@ class DistGradientSync:
         self.bucket_cap_bytes, self.micro_batches = bucket_cap_bytes, micro_batches
         self.timeout_s = self.groups.timeout_s
         self.broadcast_params = broadcast_params
+        if grad_dtype not in GRAD_DTYPES:
+            raise UserError(f"grad_dtype: must be one of {', '.join(GRAD_DTYPES)}, got {grad_dtype!r}")
+        self.grad_dtype = grad_dtype
         self.plans: Optional[SyncPlans] = None
         self.last_divergence: Optional[float] = None   # average: ||params - replica average|| before the last outer sync
         self.last_spans: list[dict] = []                # executor spans of the last finish()
@@ -151,7 +159,8 @@ class DistGradientSync:
         self.params, self.dtype = params, params[0].dtype
         self.device = params[0].device
         order = list(reversed(params))  # backward's production order
-        self.plans = model_sync_plans(self.strategy, self.topology, self.dp_groups, model, self.bucket_cap_bytes)
+        self.plans = model_sync_plans(self.strategy, self.topology, self.dp_groups, model, self.bucket_cap_bytes,
+                                      grad_wire=GRAD_DTYPES[self.grad_dtype])
         self._make_buckets(order, self.plans.buckets)
         plan = self.plans.plan
         self.owned = self.plans.owned(self.rank)
@@ -159,7 +168,8 @@ class DistGradientSync:
         self.grad_exec = PlanExecutor(plan, self.groups, timeout_s=self.timeout_s)
         self.param_exec = (PlanExecutor(plan, self.groups, timeout_s=self.timeout_s, kind="dp_param")
                            if self.plans.param_sync else None)
-        self.grad_buffers = [torch.zeros(b.numel, dtype=self.dtype, device=self.device) for b in self.buckets]
+        grad_dtype = getattr(torch, self.grad_dtype) if self.grad_dtype != "float32" else self.dtype
+        self.grad_buffers = [torch.zeros(b.numel, dtype=grad_dtype, device=self.device) for b in self.buckets]
         if self.broadcast_params:
             self._broadcast_parameters()
         self.param_buffers = None
