@@ -38,7 +38,8 @@ def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, ge
     evaluation = load_jsonl(recipe.data.eval_file, "data.eval_file") if recipe.data.eval_file else None
     trainer = GRPOTrainer(model=recipe.model.name_or_path, reward_funcs=funcs, args=args, train_dataset=train,
                           eval_dataset=evaluation, data=recipe.data, grad_sync=grad_sync,
-                          generation_backend=generation_backend, dtype=recipe.model.dtype)
+                          generation_backend=generation_backend, dtype=recipe.model.dtype,
+                          device=recipe.model.device)
     if generation_backend is None and recipe.generation.backend == "vllm":
         from trainer.vllm_backend import make_generation_backend
 
