@@ -24,7 +24,7 @@ def digits(prompts, completions, **kwargs):
     return [float(sum(ch.isdigit() for ch in c)) for c in completions]
 
 
-def trainer(out: Path, device: str | None = None, sampler=None, **kw) -> GRPOTrainer:
+def make(out: Path, device: str | None = None, sampler=None, **kw) -> GRPOTrainer:
     assets = tiny_assets()
     base = dict(output_dir=str(out), learning_rate=1e-4, num_generations=4, per_device_train_batch_size=8,
                 gradient_accumulation_steps=2, max_completion_length=24, max_steps=5, save_steps=100, seed=0,
@@ -52,9 +52,9 @@ def weights(t: GRPOTrainer) -> dict[str, torch.Tensor]:
 def test_explicit_cpu_is_the_default_here_bit_for_bit(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("auto means cuda on this machine")
-    a = trainer(tmp_path / "a")  # each trainer seeds torch when built: build, run, then the next
+    a = make(tmp_path / "a")  # each trainer seeds torch when built: build, run, then the next
     la, wa = [m["loss"] for m in run(a, 2)], weights(a)
-    b = trainer(tmp_path / "b", device="cpu")
+    b = make(tmp_path / "b", device="cpu")
     lb, wb = [m["loss"] for m in run(b, 2)], weights(b)
     assert a.device == b.device == torch.device("cpu")
     assert la == lb and any(x != 0.0 for x in la)
@@ -72,10 +72,10 @@ def test_bf16_autocast_trains_like_fp32(tmp_path):
     # comparable step by step). With the same completions, the loss still depends on the forward precision:
     # beta > 0 adds the KL to the reference and num_iterations 2 makes the second update's ratio differ from 1.
     kw = dict(beta=0.04, num_iterations=2, sampler=frozen_fp32_sampler)
-    fp32 = trainer(tmp_path / "fp32", **kw)
+    fp32 = make(tmp_path / "fp32", **kw)
     start = weights(fp32)
     m32, w32 = run(fp32, 5), weights(fp32)
-    bf16 = trainer(tmp_path / "bf16", bf16=True, **kw)
+    bf16 = make(tmp_path / "bf16", bf16=True, **kw)
     m16, w16 = run(bf16, 5), weights(bf16)
     for a, b in zip(m32, m16):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.02), (a["loss"], b["loss"])
@@ -91,7 +91,7 @@ def test_bf16_autocast_trains_like_fp32(tmp_path):
 
 
 def test_bf16_log_probs_are_fp32_from_bf16_logits(tmp_path):
-    t = trainer(tmp_path, bf16=True)
+    t = make(tmp_path, bf16=True)
     gen = t.backend.generate(["<|im_start|>user\n1+2<|im_end|>\n<|im_start|>assistant\n"], 4, SamplingParams(8))
     batch = t._batch(["<|im_start|>user\n1+2<|im_end|>\n<|im_start|>assistant\n"] * 4, gen.completion_ids,
                      gen.truncated)
@@ -104,9 +104,9 @@ def test_bf16_log_probs_are_fp32_from_bf16_logits(tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
-    plain = trainer(tmp_path / "a")
+    plain = make(tmp_path / "a")
     la, wa = [m["loss"] for m in run(plain, 3)], weights(plain)
-    ckpt = trainer(tmp_path / "b", gradient_checkpointing=True)
+    ckpt = make(tmp_path / "b", gradient_checkpointing=True)
     lb, wb = [m["loss"] for m in run(ckpt, 3)], weights(ckpt)
     assert ckpt.model.is_gradient_checkpointing and not plain.model.is_gradient_checkpointing
     assert lb == pytest.approx(la, rel=1e-6) and any(x != 0.0 for x in la)
@@ -114,7 +114,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
 
 
 def test_gradient_checkpointing_keeps_the_kv_cache_for_generation(tmp_path):
-    t = trainer(tmp_path, gradient_checkpointing=True)
+    t = make(tmp_path, gradient_checkpointing=True)
     t.model.train()  # as between two updates
     widths = []
     hook = t.model.model.register_forward_pre_hook(lambda mod, args, kw: widths.append(kw["input_ids"].shape[1]),
@@ -127,8 +127,8 @@ def test_gradient_checkpointing_keeps_the_kv_cache_for_generation(tmp_path):
 
 
 def test_reference_model_in_bf16_and_offloaded(tmp_path):
-    a = trainer(tmp_path / "a", beta=0.04, num_iterations=2).train_step()
-    half = trainer(tmp_path / "b", beta=0.04, num_iterations=2, ref_dtype="bfloat16", ref_offload=True)
+    a = make(tmp_path / "a", beta=0.04, num_iterations=2).train_step()
+    half = make(tmp_path / "b", beta=0.04, num_iterations=2, ref_dtype="bfloat16", ref_offload=True)
     assert {p.dtype for p in half.ref_model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in half.model.parameters()} == {torch.float32}
     b = half.train_step()
