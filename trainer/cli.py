@@ -73,8 +73,9 @@ def _config(cls, overrides: list[str]):
 
 def cmd_recipe_validate(args) -> int:
     from trainer.config import load_recipe
+    from trainer.device import check_recipe_placement
 
-    load_recipe(args.recipe, args.overrides)
+    check_recipe_placement(load_recipe(args.recipe, args.overrides))
     print(f"{args.recipe}: ok")
     return 0
 
@@ -99,6 +100,9 @@ def cmd_train(args) -> int:
         overrides.append(f"distributed.strategy={args.strategy}")
     overrides += [f"distributed.{k}={json.dumps(v)}" for k, v in strategy_knobs(args).items()]
     recipe = load_recipe(args.recipe, overrides)
+    from trainer.device import check_recipe_placement
+
+    check_recipe_placement(recipe)  # before anything is written
     out = args.out or recipe.grpo.output_dir
     if "WORLD_SIZE" not in os.environ and (args.nproc or recipe.distributed.topology):
         return _launch_local_training(args, recipe, overrides, out)

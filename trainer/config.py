@@ -149,6 +149,20 @@ class GRPOConfig:
         "single-process run. Slower with the hf backend (one generate call per prompt).", default=False)
     torch_num_threads: int | None = meta("torch.set_num_threads for CPU runs (None = torch's default).",
                                          default=None, ge=1)
+    # --- memory and precision (device placement is model.device)
+    bf16: bool = meta("Forward and backward under torch.autocast(bfloat16) while the weights and AdamW state stay "
+                      "in model.dtype (float32: fp32 master weights); log-probs for the ratio and KL are computed in "
+                      "fp32 from the bf16 logits. HF generation runs under it too. Not with model.dtype float16.",
+                      default=False)
+    gradient_checkpointing: bool = meta("Recompute each decoder layer's activations in backward instead of storing "
+                                        "them (transformers' non-reentrant checkpointing): same losses, less "
+                                        "activation memory, about one more forward of compute. Generation still "
+                                        "uses the KV cache.", default=False)
+    ref_dtype: str | None = meta("dtype of the reference model (beta > 0); None = model.dtype. bfloat16 halves "
+                                 "its memory; its log-probs are still computed in fp32 from its logits.",
+                                 default=None, choices=("float32", "bfloat16", "float16"))
+    ref_offload: bool = meta("Keep the reference model (beta > 0) in CPU memory between steps, moving it to "
+                             "model.device only for its no-grad log-prob pass.", default=False)
 
     def __post_init__(self) -> None:
         # a GRPOConfig built in Python gets the recipe's per-field checks and conversions
@@ -327,6 +341,9 @@ class ModelConfig:
     name_or_path: str = meta("Local directory of a causal LM saved with save_pretrained.")
     dtype: str = meta("Parameter dtype for training.", default="float32",
                       choices=("float32", "bfloat16", "float16"))
+    device: str = meta("Where the model and every tensor of a step live: auto (cuda:LOCAL_RANK when torch sees "
+                       "CUDA, else cpu), cpu or cuda (cuda:LOCAL_RANK; an error where there is no CUDA). Reward "
+                       "functions and text stay on the host.", default="auto", choices=("auto", "cpu", "cuda"))
 
 
 @dataclass
@@ -369,6 +386,9 @@ class Recipe:
             raise fail("rewards", "must list at least one reward function")
         if self.grpo.reward_weights is not None:
             raise fail("grpo.reward_weights", "set weights per function in rewards[i].weight in a recipe")
+        from trainer.device import check_precision
+
+        check_precision(self.grpo.bf16, self.model.dtype)
         from trainer.rewards import resolve_reward
 
         for i, spec in enumerate(self.rewards):

@@ -12,6 +12,8 @@ from typing import Protocol
 
 import torch
 
+from trainer.device import autocast
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -59,10 +61,11 @@ def cut_at_eos(rows: list[list[int]], eos_ids: set[int]) -> tuple[list[list[int]
 class HFGenerationBackend:
     """Sampling with `model.generate` on the training model itself (left padding, stop at EOS)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, max_prompt_length: int | None = None):
+    def __init__(self, model: torch.nn.Module, tokenizer, max_prompt_length: int | None = None, bf16: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.max_prompt_length = max_prompt_length
+        self.bf16 = bf16  # sample under bf16 autocast (grpo.bf16), as the training forward runs
         eos = tokenizer.eos_token_id
         self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
 
@@ -70,8 +73,9 @@ class HFGenerationBackend:
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> Generation:
         if params.seeds is not None:  # per-prompt seeded groups: independent of batching and process count
             parts = []
-            for prompt, seed in zip(prompts, params.seeds):
-                with torch.random.fork_rng(devices=[]):
+            device = self.model.device
+            for prompt, seed in zip(prompts, params.seeds):  # the sampling RNG is the device's: fork that one
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     torch.manual_seed(seed)
                     parts.append(self.generate([prompt], n, replace(params, seeds=None)))
             return Generation(completion_ids=[c for g in parts for c in g.completion_ids],
@@ -80,6 +84,7 @@ class HFGenerationBackend:
         from transformers import GenerationConfig
 
         enc = encode_prompts(self.tokenizer, prompts, self.max_prompt_length)
+        enc = {k: v.to(self.model.device) for k, v in enc.items()}
         sample = params.temperature > 0
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens, do_sample=sample, num_return_sequences=n,
@@ -89,8 +94,9 @@ class HFGenerationBackend:
             eos_token_id=sorted(self.eos_ids), use_cache=True)
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                  generation_config=config)
+        with autocast(self.model.device, self.bf16):
+            out = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                      generation_config=config)
         self.model.train(was_training)
         rows = out[:, enc["input_ids"].shape[1]:].tolist()
         ids, truncated = cut_at_eos(rows, self.eos_ids)

@@ -26,6 +26,7 @@ from trainer.algorithm import (TIS, generation_order, group_advantages, grpo_los
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, refuse_pickled_weights, save_checkpoint
 from trainer.config import DataConfig, GRPOConfig
 from trainer.data import PromptSampler, evaluate_exact_match, format_prompt
+from trainer.device import autocast, check_bf16, check_precision, resolve_device, visiting
 from trainer.generation import GenerationBackend, HFGenerationBackend, SamplingParams, encode_prompts
 from trainer.logs import MetricsLogger
 from trainer.rewards import resolve_reward, reward_name, score
@@ -63,10 +64,13 @@ class GRPOTrainer:
     def __init__(self, model: str | torch.nn.Module, reward_funcs: Any, args: GRPOConfig, train_dataset: Any,
                  eval_dataset: Any = None, processing_class: Any = None, data: DataConfig | None = None,
                  grad_sync: GradientSync | None = None, generation_backend: GenerationBackend | None = None,
-                 dtype: str = "float32", tis: TIS | None = None):
+                 dtype: str = "float32", tis: TIS | None = None, device: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         args.validate("grpo")  # a GRPOConfig built in Python gets the checks a recipe gets
+        self.device = resolve_device(device)  # model.device; every tensor of a step lives here
+        check_bf16(self.device, args.bf16)
+        check_precision(args.bf16, dtype)
         self.args, self.data = args, data or DataConfig(train_file="")
         self.grad_sync = grad_sync or LocalSync()
         if args.torch_num_threads:
@@ -89,10 +93,17 @@ class GRPOTrainer:
         self.tokenizer = processing_class or AutoTokenizer.from_pretrained(self.model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        # No reference model at all when beta == 0 (saves its memory and its forward pass).
-        self.ref_model = None
+        # No reference model at all when beta == 0 (saves its memory and its forward pass). Copied before the
+        # model moves, so an offloaded (CPU) reference never occupies the GPU twice.
+        self.ref_model, self.ref_home = None, self.device
         if args.beta != 0.0:
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.ref_home = torch.device("cpu") if args.ref_offload else self.device
+            ref_dtype = getattr(torch, args.ref_dtype) if args.ref_dtype else None
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False).to(self.ref_home, ref_dtype)
+        self.model.to(self.device)
+        if args.gradient_checkpointing:  # non-reentrant: no input that requires grad needed, and it is what
+            # PyTorch recommends; transformers turns the KV cache off only while training, so generate keeps it
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
         funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         self.reward_funcs: list[Callable] = [resolve_reward(f, f"reward_funcs[{i}]") if isinstance(f, str) else f
@@ -112,7 +123,8 @@ class GRPOTrainer:
         self.prompts_per_process = self.prompts_per_step // world
         self.updates_per_generation = args.updates_per_generation(world)
         self.sampler = PromptSampler(len(train_dataset), args.seed, shuffle=args.shuffle_dataset)
-        self.backend = generation_backend or HFGenerationBackend(self.model, self.tokenizer, args.max_prompt_length)
+        self.backend = generation_backend or HFGenerationBackend(self.model, self.tokenizer, args.max_prompt_length,
+                                                                 bf16=args.bf16)
         self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p, top_k=args.top_k,
                                        min_p=args.min_p, repetition_penalty=args.repetition_penalty)
 
@@ -165,19 +177,22 @@ class GRPOTrainer:
         batch_std = None
         if args.scale_rewards == "batch" and sync.world_size > 1:
             batch_std = std_from_moments(*sync.all_reduce_sum(reward_moments(rewards)))
-        advantages = group_advantages(rewards, G, args.scale_rewards, batch_std)
+        advantages = group_advantages(rewards, G, args.scale_rewards, batch_std).to(self.device)
 
         # 5. Token tensors: left-padded prompts + right-padded completions; loss mask ends at EOS.
         batch = self._batch(rep(prompt_texts), gen.completion_ids, gen.truncated)
         use_tis = self.tis.level != "none" and getattr(gen, "logprobs", None) is not None
         if use_tis:  # the sampler's own log-probs, for truncated importance sampling
-            batch["sampler_logps"] = pad_logprobs(gen.logprobs, batch["completion_ids"].shape[1])
+            batch["sampler_logps"] = pad_logprobs(gen.logprobs, batch["completion_ids"].shape[1]).to(self.device)
 
         # 6. Behaviour log-probs (only when a batch is reused) and reference log-probs (only when beta > 0).
         t = time.perf_counter()
         with torch.no_grad():
             old_logps = self._logps(self.model, batch)[0] if self.updates_per_generation > 1 else None
-            ref_logps = self._logps(self.ref_model, batch)[0] if self.ref_model is not None else None
+            ref_logps = None
+            if self.ref_model is not None:  # on the model's device for this pass only when offloaded
+                with visiting(self.ref_model, self.device, self.ref_home) as ref:
+                    ref_logps = self._logps(ref, batch)[0]
         m["time/reference_s"] = time.perf_counter() - t
         # Shuffled before it is cut into micro-batches, as TRL does (seeded: a resumed run cuts it alike).
         order = generation_order(len(advantages), args.seed, self.step)
@@ -330,14 +345,17 @@ class GRPOTrainer:
         attention = torch.cat([enc["attention_mask"], mask], dim=1)
         if self.args.mask_truncated_completions:
             mask = mask * (~torch.tensor(truncated)).long().unsqueeze(1)
-        return {"input_ids": torch.cat([enc["input_ids"], comp], dim=1), "attention_mask": attention,
-                "completion_ids": comp, "completion_mask": mask}
+        batch = {"input_ids": torch.cat([enc["input_ids"], comp], dim=1), "attention_mask": attention,
+                 "completion_ids": comp, "completion_mask": mask}
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def _logps(self, model, batch: dict, with_entropy: bool = False):
-        """Per-token log-probs of the completion tokens (and their entropies) under `model`."""
+        """Per-token log-probs of the completion tokens (and their entropies) under `model`: the forward
+        under bf16 autocast when grpo.bf16 (its backward then runs in the same dtypes), log-probs in fp32."""
         n = batch["completion_ids"].shape[1]
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       logits_to_keep=n + 1, use_cache=False).logits[:, :-1]
+        with autocast(self.device, self.args.bf16):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           logits_to_keep=n + 1, use_cache=False).logits[:, :-1]
         logps = token_logps(logits, batch["completion_ids"], self.args.temperature)
         return logps, (token_entropy(logits, self.args.temperature) if with_entropy else None)
 

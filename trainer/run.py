@@ -39,7 +39,8 @@ def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, ge
     tis = TIS(recipe.vllm.tis_level, recipe.vllm.tis_cap) if vllm else TIS()
     trainer = GRPOTrainer(model=recipe.model.name_or_path, reward_funcs=funcs, args=args, train_dataset=train,
                           eval_dataset=evaluation, data=recipe.data, grad_sync=grad_sync,
-                          generation_backend=generation_backend, dtype=recipe.model.dtype, tis=tis)
+                          generation_backend=generation_backend, dtype=recipe.model.dtype, tis=tis,
+                          device=recipe.model.device)
     if generation_backend is None and vllm:
         from trainer.vllm_backend import make_generation_backend
 

@@ -19,6 +19,8 @@ class SFTConfig:
     learning_rate: float = meta("AdamW learning rate (cosine decay to 10%).", default=1e-3, gt=0)
     seed: int = meta("Seed for data order and dropout.", default=0, ge=0)
     torch_num_threads: int | None = meta("torch.set_num_threads.", default=None, ge=1)
+    device: str = meta("auto (cuda:LOCAL_RANK with CUDA, else cpu), cpu or cuda, as model.device in a recipe.",
+                       default="auto", choices=("auto", "cpu", "cuda"))
 
 
 def sft(model_dir: str, data_file: str, out_dir: str, cfg: SFTConfig | None = None,
@@ -27,8 +29,10 @@ def sft(model_dir: str, data_file: str, out_dir: str, cfg: SFTConfig | None = No
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.data import format_prompt, load_jsonl, PromptSampler
+    from trainer.device import resolve_device
 
     cfg = cfg or SFTConfig()
+    device = resolve_device(cfg.device)
     if cfg.torch_num_threads:
         torch.set_num_threads(cfg.torch_num_threads)
     torch.manual_seed(cfg.seed)
@@ -37,7 +41,7 @@ def sft(model_dir: str, data_file: str, out_dir: str, cfg: SFTConfig | None = No
 
         raise UserError(f"--model: no such directory {model_dir!r}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     data = load_jsonl(data_file, "--data")
     for column in ("prompt", "completion"):
         if column not in data.column_names:
@@ -66,7 +70,7 @@ def sft(model_dir: str, data_file: str, out_dir: str, cfg: SFTConfig | None = No
             ids[i, :len(seq)] = torch.tensor(seq)
             labels[i, len(p):len(seq)] = torch.tensor(c)
             attn[i, :len(seq)] = 1
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels.to(device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

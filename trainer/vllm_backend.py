@@ -243,7 +243,7 @@ class VLLMColocateBackend:
         self.expected = checkpoint_shapes(model_dir)
         self.weights_version = 0
         self.last_sync_s = 0.0
-        self.sleeping = False
+        self.asleep: set[str] = set()  # vLLM memory tags released by sleep() and not woken yet
         self.can_sleep = self.cfg.enable_sleep_mode and sleep_mode_available()
         if self.cfg.enable_sleep_mode and not self.can_sleep:
             _log_sleep_skipped_once()
@@ -254,7 +254,7 @@ class VLLMColocateBackend:
             self.llm, tokenize_prompts(self.tokenizer, prompts, self.max_prompt_length), n, params, self.eos_ids)
         if self.can_sleep:  # training runs next: give the GPU memory back (weights offloaded, KV dropped)
             self.llm.sleep(level=1)
-            self.sleeping = True
+            self.asleep = {"weights", "kv_cache"}
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return VLLMGeneration(completion_ids=ids, texts=texts, truncated=truncated, logprobs=logprobs,
                               weights_version=self.weights_version)
@@ -265,17 +265,20 @@ class VLLMColocateBackend:
         return score_ids(self.llm, tokenize_prompts(self.tokenizer, prompts, self.max_prompt_length), completion_ids)
 
     def update_weights(self, model: torch.nn.Module) -> None:
-        if self.sleeping:
-            self.llm.wake_up(tags=["weights"])  # weights back first, the KV cache after the load
+        if "weights" in self.asleep:  # weights back first, the KV cache after the load (as TRL does)
+            self.llm.wake_up(tags=["weights"])
+            self.asleep.discard("weights")
         dtype = None if self.cfg.dtype == "auto" else getattr(torch, self.cfg.dtype)
         self.last_sync_s = load_weights_into(self.llm, state_dict_items(model, dtype), self.expected)
         self.weights_version += 1
         self._wake()
 
     def _wake(self) -> None:
-        if self.sleeping:
-            self.llm.wake_up()
-            self.sleeping = False
+        # only the tags still asleep: vLLM's allocator maps every allocation of the tags it is given again,
+        # so waking all (tags=None) after the weights are back would map the weights a second time
+        if self.asleep:
+            self.llm.wake_up(tags=sorted(self.asleep))
+            self.asleep = set()
 
 
 def make_generation_backend(cfg: VLLMConfig, model_dir: str | Path, tokenizer, max_prompt_length: int | None,
