@@ -111,6 +111,10 @@ def _jobs(cfg: ReportConfig, sim: dict) -> list[tuple]:
     strategies.update({f"local_sgd H={h}": {"name": "local_sgd", "every": h} for h in cfg.local_sgd_every})
     jobs = [("repro/2site", {**base, "strategy": strat}, True),
             ("repro/1site", {**base, "topology": cfg.baseline_topology, "strategy": strat}, True)]
+    # strategies compared at 21 ms only (not over distance): the compressed and streaming variants
+    extra = {"compressed int8 (hierarchical + chunked)": {"name": "compressed", "inner": strat}}
+    for name, s in extra.items():
+        jobs.append((f"strategy/{name}", {**base, "strategy": s}, False))
     for name, s in strategies.items():
         jobs.append((f"strategy/{name}", {**base, "strategy": s}, False))
         for d in cfg.distances_km:

@@ -150,7 +150,7 @@ def _plan(args: argparse.Namespace) -> int:
           f"{'deps':<10} {'alpha-beta':>11}")
     for s in plan.steps:
         deps = ",".join(map(str, s.deps)) or "-"
-        extra = (f" every {s.period}" if s.period > 1 else "") + (f" after {s.trigger}" if s.trigger else "")
+        extra = (f" every {s.period}" + (f" at +{s.offset}" if s.offset else "") if s.period > 1 else "") + (f" after {s.trigger}" if s.trigger else "")
         print(f"{s.id:>4} {s.op:<15} {s.label:<13} {s.tier:<11} {len(s.groups):>6} "
               f"{max(len(g) for g in s.groups):>5} {fmt_bytes(plan.step_bytes(s)):>11} {deps:<10} "
               f"{fmt_time(times[s.id]):>11}{extra}")

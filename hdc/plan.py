@@ -49,7 +49,8 @@ class Step:
     trigger  -- an external event the step also waits for, e.g. 'bucket:3' (gradient bucket 3
                 is ready in backward); None if it may start as soon as its deps finish
     overlap  -- the compute phase this step may overlap: 'backward', 'forward' or None
-    period   -- run only on training steps where step % period == 0 (local SGD's outer sync)
+    period   -- run only on training steps where (step - offset) % period == 0 (local SGD's
+                outer sync; streaming local SGD staggers its fragments with `offset`)
     chunk    -- chunk (or bucket) index this step belongs to
     label    -- a short human name ('rs-site', 'ar-wan', ...)
     wire     -- what the step puts on the wire (a WIRE_BYTES key); None: the plan's
@@ -65,6 +66,7 @@ class Step:
     trigger: Optional[str] = None
     overlap: Optional[str] = None
     period: int = 1
+    offset: int = 0
     chunk: int = 0
     label: str = ""
     wire: Optional[str] = None
@@ -80,7 +82,7 @@ class Step:
         return max((n for _, n in self.regions), default=0)
 
     def active(self, train_step: int) -> bool:
-        return train_step % self.period == 0
+        return (train_step - self.offset) % self.period == 0
 
 
 @dataclass
@@ -195,7 +197,7 @@ class Plan:
             "steps": [{
                 "id": s.id, "op": s.op, "label": s.label, "tier": s.tier, "phase": s.phase,
                 "chunk": s.chunk, "deps": list(s.deps), "trigger": s.trigger, "overlap": s.overlap,
-                "period": s.period, "groups": [list(g) for g in s.groups],
+                "period": s.period, "offset": s.offset, "groups": [list(g) for g in s.groups],
                 "regions": [list(r) for r in s.regions], "wire": self.wire(s), "bytes": self.step_bytes(s),
             } for s in self.steps],
         }

@@ -41,16 +41,25 @@ def _resolve(topology, workload, strategy):
 
 def _average(topology, workload, strategy, constants, train_step, aggregate, timeline, rounds="coflow",
              factors=None) -> tuple[RunStats, float]:
-    """Run the step; with periodic plan steps (local SGD) and no train_step given, the step
-    time is the average over one period: one step with the periodic sync, period-1 without."""
+    """Run the step; with periodic plan steps (local SGD, streaming fragments) and no train_step
+    given, the step time is the average over one period: each distinct set of due steps is
+    simulated once and weighted by how many steps of the period it occurs on."""
     stats = run_step(topology, workload, strategy, constants, train_step or 0, aggregate, timeline,
                      rounds=rounds, stage_factors=factors)
     period = max((s.period for s in stats.plan.steps), default=1)
     if train_step is not None or period == 1:
         return stats, stats.step_time_s
-    other = run_step(topology, workload, strategy, constants, 1, aggregate, False, rounds=rounds,
-                     stage_factors=factors)
-    return stats, (stats.step_time_s + (period - 1) * other.step_time_s) / period
+    due: dict[frozenset, list[int]] = {}
+    for t in range(period):
+        due.setdefault(frozenset(s.id for s in stats.plan.steps if s.active(t)), []).append(t)
+    total = 0.0
+    for steps in due.values():
+        t = steps[0]
+        time_s = stats.step_time_s if t == 0 else run_step(
+            topology, workload, strategy, constants, t, aggregate, False, rounds=rounds,
+            stage_factors=factors).step_time_s
+        total += time_s * len(steps)
+    return stats, total / period
 
 
 def simulate(topology: Union[Topology, str], workload: Union[Workload, str], strategy: Union[Strategy, str],

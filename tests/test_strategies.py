@@ -224,3 +224,4 @@ def test_compressed_sums_within_the_wire_precision_and_keeps_site_steps_exact(se
                 want = np.concatenate([exact[o:o + n] for o, n in owned])
                 tol = 0.0 if not lossy or len({topo.locate(x).site for x in g}) == 1 else 0.03
                 assert np.max(np.abs(got - want), initial=0.0) <= tol * scale + 1e-5 * scale, (spec, r)
+

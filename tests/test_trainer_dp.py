@@ -36,10 +36,18 @@ def test_dp_grpo_matches_single_process(reference, strategy, world, sites, tmp_p
         assert diff <= bound, f"{name}: differs by {diff:.2e} > 1% of the largest update ({reference['moved']:.2e})"
 
 
-@pytest.mark.multiproc
-def test_local_sgd_trains_and_reports_divergence(tmp_path):
+@pytest.fixture(scope="module")
+def local_sgd_run(tmp_path_factory):
     assets = tiny_assets()
-    results = spawn_world(run, 4, args=(str(assets.root), str(tmp_path), "local_sgd", 2, {"max_steps": 4}),
-                          timeout_s=600)
-    div = [d for d in results[0]["divergence"] if d is not None]
+    return spawn_world(run, 4, args=(str(assets.root), str(tmp_path_factory.mktemp("local_sgd")), "local_sgd", 2,
+                                     {"max_steps": 4}), timeout_s=600)
+
+
+@pytest.mark.multiproc
+def test_local_sgd_trains_and_reports_divergence(local_sgd_run):
+    div = [d for d in local_sgd_run[0]["divergence"] if d is not None]
     assert div and all(d >= 0 for d in div) and max(div) > 0
+    for r in local_sgd_run:  # the whole buffer crosses the WAN on even updates, nothing on odd ones
+        assert r["wan_param_bytes"] == r["wan_param_bytes_plan"]
+        assert r["wan_param_bytes"][1::2] == [0, 0] and min(r["wan_param_bytes"][0::2]) > 0
+

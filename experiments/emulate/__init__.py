@@ -10,8 +10,8 @@ See docs/emulation.md.
                        where the kernel has it)
     netcheck.py        socket checks of a path: UDP RTT, TCP throughput
     launch.py          start one process per rank inside its site's namespace, with its env
-    runner.py          timing from a common start instant; a stand-in plan executor
-    executor.py        picks THE executor (trainer.distributed) and THE simulator, stand-ins as fallback
+    runner.py          timing from a common start instant, the sum check
+    executor.py        THE executor (trainer.distributed) and THE simulator for a measurement
     calibrate.py       the probe that measures what the topology cannot know
     worker.py          one rank of `hdc validate`
     validate.py        measured vs predicted vs alpha-beta, CSV and table

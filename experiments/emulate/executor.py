@@ -1,14 +1,10 @@
 """Which real executor runs the plans, and which model predicts them.
 
-Validation is about THE executor and THE simulator, so both are taken from their packages
-when importable — `trainer.distributed.executor.PlanExecutor` and `simulator.collectives.simulate_plan`
-(its `pipelined` mode: what gloo's ring sends) — with this package's small stand-ins
-(`runner.run_plan`, `hdc.cost.plan_time_s`) only as a fallback. HDC_EMULATE_EXECUTOR=own
-forces the stand-in executor (to compare the two).
+Validation is about THE executor and THE simulator: `trainer.distributed.executor.PlanExecutor`
+runs the plans and `simulator.collectives.simulate_plan` (its `pipelined` mode: what gloo's ring
+sends) predicts them.
 """
 from __future__ import annotations
-
-import os
 
 from hdc.plan import Plan
 from hdc.topology import Topology
@@ -27,32 +23,19 @@ class Executor:
 def executor_for(topology: Topology, plans: list[Plan], rank: int, world: int) -> Executor:
     """Build the executor and every process group the plans need (COLLECTIVE: every rank
     calls this with the same plans in the same order)."""
-    if os.environ.get("HDC_EMULATE_EXECUTOR") != "own":
-        try:
-            from trainer.distributed.executor import PlanExecutor
-            from trainer.distributed.groups import ProcessGroups
-        except ImportError:
-            pass
-        else:
-            groups = ProcessGroups(topology, timeout_s=300.0)
-            execs = {id(p): PlanExecutor(p, groups) for p in plans}
-            return Executor("trainer.distributed.executor.PlanExecutor", lambda p, buf: execs[id(p)].run(buf))
-    from experiments.emulate.runner import Groups, run_plan
+    from trainer.distributed.executor import PlanExecutor
+    from trainer.distributed.groups import ProcessGroups
 
-    groups = Groups()
-    groups.prepare(plans)
-    return Executor("experiments.emulate.runner.run_plan", lambda p, buf: run_plan(p, buf, groups, rank))
+    groups = ProcessGroups(topology, timeout_s=300.0)
+    execs = {id(p): PlanExecutor(p, groups) for p in plans}
+    return Executor("trainer.distributed.executor.PlanExecutor", lambda p, buf: execs[id(p)].run(buf))
 
 
 def predict_s(topology: Topology, plan: Plan, pipeline=None) -> tuple[float, str]:
     """(predicted time of the plan run alone, which model gave it): the simulator's
     `pipelined` mode with `pipeline` (a simulator.collectives.Pipeline: gloo's ring when None)."""
-    try:
-        from simulator.collectives import simulate_plan
-        from simulator.network import Routes
-    except ImportError:
-        from hdc.cost import plan_time_s
+    from simulator.collectives import simulate_plan
+    from simulator.network import Routes
 
-        return plan_time_s(topology, plan), "hdc.cost.plan_time_s"
     times = simulate_plan(Routes(topology), plan, "pipelined", pipeline=pipeline)
     return max((end for _, end in times.values()), default=0.0), "simulator.collectives.simulate_plan(pipelined)"

@@ -24,7 +24,7 @@ import tempfile
 
 from hdc import cost
 from hdc.errors import UserError
-from hdc.strategies import make_strategy
+from hdc.strategies import STRATEGY_NAMES, make_strategy
 from hdc.topology import Topology
 from hdc.units import parse_bandwidth, parse_size, parse_time
 from experiments.emulate import calibrate, launch, netns
@@ -57,7 +57,8 @@ COLUMNS = ["config", "sites", "ranks_per_site", "one_way_ms", "bandwidth_Mbps", 
 
 def add_validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategies", default="flat_ring,hierarchical,chunked",
-                   help="comma list (default flat_ring,hierarchical,chunked)")
+                   help=f"comma list of {', '.join(STRATEGY_NAMES)}, each with its defaults (chunked: --chunks; "
+                        f"compressed: int8 over hierarchical) (default flat_ring,hierarchical,chunked)")
     p.add_argument("--sizes", default="1MiB,4MiB,16MiB,64MiB", help="bytes per rank, comma list")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per case first (default 1)")

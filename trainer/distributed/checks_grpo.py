@@ -47,17 +47,28 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites:
     trainer = GRPOTrainer(model=str(root / "sft"), reward_funcs=["accuracy", "format", "length"],
                           args=grpo_args(out, world, **extra), train_dataset=load_jsonl(str(root / "data" / "train.jsonl")),
                           grad_sync=sync)
-    losses, divergence = [], []
+    losses, divergence, rewards, wan_bytes, wan_plan = [], [], [], [], []
     while trainer.step < trainer.args.max_steps:
+        if sync is not None:
+            sync.last_param_spans = []
+            update = trainer.updates
         m = trainer.train_step()
         trainer.step += 1
         losses.append(m["loss"])
+        rewards.append(m["rewards/total/mean"])
         divergence.append(getattr(sync, "last_divergence", None))
+        if sync is not None:  # cross-site bytes of the parameter sync: measured by the executor, and the plan's
+            plan = sync.plans.plan
+            wan_bytes.append(sum(sp["bytes"] for sp in sync.last_param_spans if sp["tier"] == "wan"))
+            wan_plan.append(sum(n * plan.wire_bytes(st) for st in sync.plans.param_steps
+                                if st.tier == "wan" and st.active(update)
+                                for g, (_, n) in zip(st.groups, st.regions) if rank in g))
     # numpy, not tensors: torch would pass tensors through shared memory that dies with the process
     weights = {k: v.detach().numpy().copy() for k, v in trainer.model.state_dict().items()}
     start = {k: v.numpy() for k, v in type(trainer.model).from_pretrained(str(root / "sft")).state_dict().items()}
     moved = max(float(abs(weights[k] - start[k]).max()) for k in start)
-    return {"losses": losses, "weights": weights if rank == 0 else None, "divergence": divergence, "moved": moved}
+    return {"losses": losses, "weights": weights if rank == 0 else None, "divergence": divergence, "moved": moved,
+            "rewards": rewards, "wan_param_bytes": wan_bytes, "wan_param_bytes_plan": wan_plan}
 
 
 def single(assets_root: str, out: str, extra: dict) -> dict:

@@ -409,21 +409,21 @@ class PlanExecutor:
         if kind == "reduce_scatter":
             inp = take(p * width)
             for j, (jo, jn) in enumerate(shards):
-                encode_into(buf.read(off + jo, jn, out=take(jn, buf.dtype)), wire, slot(inp, pos[j]))
+                encode_into(buf.read(off + jo, jn, out=take(jn, buf.dtype)).float(), wire, slot(inp, pos[j]), m)
             recv = take(p * width)
             work = dist.all_to_all_single(recv, inp, group=pg, async_op=True)
 
             def total() -> None:
-                acc = decode(slot(recv, pos[0]), wire, sn)
+                acc = decode(slot(recv, pos[0]), wire, sn, m)
                 for j in range(1, p):  # member order, fp32: as hdc.reference does
-                    acc.add_(decode(slot(recv, pos[j]), wire, sn))
+                    acc.add_(decode(slot(recv, pos[j]), wire, sn, m))
                 buf.write(off + so, acc.to(buf.dtype))
             return work, total
         if kind == "all_gather":
             gloo = self.groups.backend == "gloo"
             copies = p if gloo else 1  # gloo: an all-to-all, my shard once per member
             inp = take(copies * width)
-            encode_into(buf.read(off + so, sn, out=take(sn, buf.dtype)), wire, slot(inp, 0))
+            encode_into(buf.read(off + so, sn, out=take(sn, buf.dtype)).float(), wire, slot(inp, 0), m)
             for k in range(1, copies):
                 slot(inp, k).copy_(slot(inp, 0))
             out = take(p * width)
@@ -432,7 +432,7 @@ class PlanExecutor:
 
             def unpack() -> None:
                 for j, (jo, jn) in enumerate(shards):
-                    buf.write(off + jo, decode(slot(out, pos[j]), wire, jn).to(buf.dtype))
+                    buf.write(off + jo, decode(slot(out, pos[j]), wire, jn, m).to(buf.dtype))
             return work, unpack
         raise ValueError(f"hdc: {kind} on a lossy wire ({wire}): plan it as reduce_scatter + all_gather")
 

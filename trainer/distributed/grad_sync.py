@@ -186,10 +186,8 @@ class DistGradientSync:
             return
         self._params_to(self.param_buffers)
         if self.plans.param_sync == "average":  # the anchor: parameters at the last outer sync (fp32)
-            self._anchor = torch.nn.Parameter(torch.cat(self.param_buffers).float().clone())
-            lr, momentum = self.plans.outer or (1.0, 0.0)
-            self._outer = (None if (lr, momentum) == (1.0, 0.0) else
-                           torch.optim.SGD([self._anchor], lr=lr, momentum=momentum, nesterov=momentum > 0))
+            self._anchor = torch.cat(self.param_buffers).float().clone()
+            self._momentum = torch.zeros_like(self._anchor)  # the outer SGD's momentum buffer
 
     def after_backward(self, model: torch.nn.Module) -> None:
         self._backward_count += 1
@@ -374,26 +372,45 @@ class DistGradientSync:
 
     def _outer_sync(self, step: int) -> None:
         """Sum the replicas' pseudo-gradients (anchor - parameters) with the plan's parameter
-        steps, average them, and step the anchor: plain averaging (new = anchor - mean) or
-        DiLoCo's outer SGD; every replica then continues from the new anchor."""
+        steps due at `step`, average them and step the anchor where they ran (all of the buffer
+        for local_sgd, one fragment for streaming_local_sgd): SGD with Nesterov momentum
+        (torch.optim.SGD's update: buf = m·buf + g; p -= lr·(g + m·buf)), lr 1 and m 0 being a
+        plain average. Every replica continues from the new anchor there."""
+        regions = self._due_regions(step)
         self._params_to(self.param_buffers)
         local = torch.cat(self.param_buffers).float()
-        delta = self._anchor.detach() - local
-        self._split_into(self.param_buffers, delta)
+        self._split_into(self.param_buffers, self._anchor - local)
         self.last_param_spans = [dict(s, train_step=step) for s in
                                  self.param_exec.run(self.param_buffers, step, "param")]
-        mean = torch.cat(self.param_buffers).float() / self.plans.param_divisor(self.rank)
-        self.last_divergence = float(torch.linalg.vector_norm(local - (self._anchor.detach() - mean)))
-        with torch.no_grad():
-            if self._outer is None:
-                new = self._anchor.detach() - mean
-            else:
-                self._anchor.grad = mean
-                self._outer.step()
-                new = self._anchor.detach().clone()
-            self._anchor.data.copy_(new)
-            self._split_into(self.param_buffers, new)
+        summed = torch.cat(self.param_buffers).float()
+        lr, momentum = self.plans.outer or (1.0, 0.0)
+        divisor = self.plans.param_divisor(self.rank)
+        new, diverged = local.clone(), 0.0
+        for off, n in regions:
+            sl = slice(off, off + n)
+            mean = summed[sl] / divisor
+            diverged += float(torch.sum((local[sl] - (self._anchor[sl] - mean)) ** 2))
+            update = mean
+            if momentum > 0:
+                self._momentum[sl].mul_(momentum).add_(mean)
+                update = mean + momentum * self._momentum[sl]
+            self._anchor[sl] -= lr * update
+            new[sl] = self._anchor[sl]
+        self.last_divergence = diverged ** 0.5
+        self._split_into(self.param_buffers, new)
         self._buffers_to_params()
+
+    def _due_regions(self, step: int) -> list[tuple[int, int]]:
+        """The buffer regions the parameter steps due at `step` cover for this rank, merged."""
+        spans = sorted((o, o + n) for s in self.plans.param_steps if s.active(step)
+                       for g, (o, n) in zip(s.groups, s.regions) if self.rank in g and n > 0)
+        merged: list[list[int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        return [(a, b - a) for a, b in merged]
 
     def _split_into(self, buffers, flat: torch.Tensor) -> None:
         off = 0
