@@ -112,7 +112,9 @@ def _jobs(cfg: ReportConfig, sim: dict) -> list[tuple]:
     jobs = [("repro/2site", {**base, "strategy": strat}, True),
             ("repro/1site", {**base, "topology": cfg.baseline_topology, "strategy": strat}, True)]
     # strategies compared at 21 ms only (not over distance): the compressed and streaming variants
-    extra = {"compressed int8 (hierarchical + chunked)": {"name": "compressed", "inner": strat}}
+    extra = {"compressed int8 (hierarchical + chunked)": {"name": "compressed", "inner": strat},
+             **{f"streaming local_sgd H={h} (4 fragments)": {"name": "streaming_local_sgd", "every": h,
+                                                             "fragments": 4} for h in cfg.local_sgd_every}}
     for name, s in extra.items():
         jobs.append((f"strategy/{name}", {**base, "strategy": s}, False))
     for name, s in strategies.items():

@@ -225,3 +225,27 @@ def test_compressed_sums_within_the_wire_precision_and_keeps_site_steps_exact(se
                 tol = 0.0 if not lossy or len({topo.locate(x).site for x in g}) == 1 else 0.03
                 assert np.max(np.abs(got - want), initial=0.0) <= tol * scale + 1e-5 * scale, (spec, r)
 
+
+def test_streaming_local_sgd_syncs_one_fragment_per_offset():
+    from hdc.strategies import strategy_from_dict
+
+    topo = topology_from_dict({"name": "t", "sites": [
+        {"name": n, "nodes": 1, "gpus_per_node": 2, "intra_node": TIER, "intra_pod": TIER} for n in "ab"],
+        "wan": [{"sites": ["a", "b"], "rtt": "10ms", "bandwidth": "1Gbps"}]})
+    strat = strategy_from_dict({"name": "streaming_local_sgd", "every": 4, "fragments": 2, "stride": 2})
+    numel = 21
+    frags = strat.fragment_regions(numel)
+    assert [sorted(frags[0] + frags[1])] == [[(0, 6), (6, 5), (11, 5), (16, 5)]]
+    assert frags[0] == [(0, 6), (11, 5)] and frags[1] == [(6, 5), (16, 5)]  # strided: pieces p, p+P
+    plan = strat.plan(topo, None, numel)
+    start = {r: np.arange(numel, dtype=np.float64) * (r + 1) for r in range(4)}
+    site_sum = {0: start[0] + start[1], 2: start[2] + start[3]}
+    total = sum(start.values())
+    for train_step, due in ((0, 0), (1, None), (2, 1), (4, 0), (6, 1)):
+        buffers = {r: v.copy() for r, v in start.items()}
+        run_plan(plan, buffers, train_step)
+        synced = np.zeros(numel, bool)
+        for off, n in frags[due] if due is not None else []:
+            synced[off:off + n] = True
+        for r in range(4):  # the due fragment summed over both sites, the rest over the rank's site
+            np.testing.assert_array_equal(buffers[r], np.where(synced, total, site_sum[2 * (r // 2)]))

@@ -51,3 +51,19 @@ def test_local_sgd_trains_and_reports_divergence(local_sgd_run):
         assert r["wan_param_bytes"] == r["wan_param_bytes_plan"]
         assert r["wan_param_bytes"][1::2] == [0, 0] and min(r["wan_param_bytes"][0::2]) > 0
 
+
+@pytest.mark.multiproc
+def test_streaming_local_sgd_trains_and_sends_the_plans_bytes(local_sgd_run, tmp_path):
+    """2 sites x 2 ranks, every 2 steps, 2 fragments: fragment 0 crosses the WAN on even
+    updates and fragment 1 on odd ones — together what local_sgd sends at once — and what the
+    executor sent equals the plan, step by step."""
+    assets = tiny_assets()
+    results = spawn_world(run, 4, args=(str(assets.root), str(tmp_path), "streaming_local_sgd", 2,
+                                        {"max_steps": 4}), timeout_s=600)
+    for r, whole in zip(results, local_sgd_run):
+        assert r["wan_param_bytes"] == r["wan_param_bytes_plan"]
+        assert min(r["wan_param_bytes"]) > 0  # one fragment every step
+        assert r["wan_param_bytes"][0] + r["wan_param_bytes"][1] == whole["wan_param_bytes"][0]
+        assert max(r["wan_param_bytes"]) < whole["wan_param_bytes"][0]  # the lower peak
+    div = [d for d in results[0]["divergence"] if d is not None]
+    assert div and max(div) > 0 and all(r["losses"][0] != 0 for r in results)

@@ -39,7 +39,7 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites:
         from hdc.strategies import strategy_from_dict
         from trainer.distributed.grad_sync import DistGradientSync
 
-        spec = {"name": strategy, "chunks": 3, "every": 2}  # each knob where the strategy takes it
+        spec = {"name": strategy, "chunks": 3, "every": 2, "fragments": 2}  # each knob where the strategy takes it
         sync = DistGradientSync(topology(sites, world // sites), strategy_from_dict(spec, lenient=True),
                                 micro_batches=2, bucket_cap_bytes=200_000, timeout_s=60)
     root = Path(assets_root)

@@ -1,0 +1,88 @@
+"""streaming_local_sgd: Streaming DiLoCo (Douillard et al. 2025, arXiv:2501.18512) without the
+overlap. The inner strategy syncs gradients inside each site every step; the parameters are
+cut into `fragments`, and fragment p is averaged across sites (pseudo-gradient and outer step,
+as local_sgd) every `every` steps at its own offset p·every/fragments, so the WAN carries
+1/fragments of the model at a time instead of all of it every `every` steps — the paper's
+lower peak bandwidth. With `stride` > 1 a fragment is `stride` interleaved pieces of the buffer
+(the paper's strided layer pattern: fragment p holds pieces p, p+P, p+2P, ...).
+
+Not modelled (yet): the paper's overlap of a fragment's sync with the next tau inner steps and
+its mixing of local and global parameters; here a fragment's sync blocks the step it is due on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hdc.config import meta
+from hdc.plan import Plan, split
+from hdc.strategies.base import Strategy, cross_site, groups_tier, register, strategy_field
+
+
+@register
+@dataclass(frozen=True)
+class StreamingLocalSGD(Strategy):
+    inner: Strategy = strategy_field("chunked, local_sgd, compressed: the wrapped strategy (a name or a "
+                                     "mapping)", "hierarchical")
+    every: int = meta("local_sgd: training steps between cross-site parameter syncs", default=10, ge=1,
+                      le=1_000_000)
+    fragments: int = meta("streaming_local_sgd: parameter fragments, each synced every `every` steps at its "
+                          "own offset", default=4, ge=1, le=1024)
+    stride: int = meta("streaming_local_sgd: interleaved pieces per fragment (1 = contiguous; the paper's "
+                       "strided layers)", default=1, ge=1, le=1024)
+    outer_lr: float = meta("local_sgd: outer learning rate on the averaged pseudo-gradient (1 with "
+                           "momentum 0 = plain averaging)", default=1.0, gt=0, le=10)
+    outer_momentum: float = meta("local_sgd: outer Nesterov momentum (DiLoCo uses 0.9 with outer_lr 0.7)",
+                                 default=0.0, ge=0, lt=1)
+    name = "streaming_local_sgd"
+    order = 55
+    summary = ("Streaming DiLoCo: local_sgd with the parameters in fragments, each averaged across sites "
+               "every `every` steps at its own offset (1/fragments of the model on the WAN at a time)")
+
+    def describe(self) -> str:
+        outer = ("" if (self.outer_lr, self.outer_momentum) == (1.0, 0.0)
+                 else f", outer_lr={self.outer_lr:g}, outer_momentum={self.outer_momentum:g}")
+        stride = f", stride={self.stride}" if self.stride > 1 else ""
+        return f"{self.name}({self.inner.describe()}, every={self.every}, fragments={self.fragments}{stride}{outer})"
+
+    def outer_optimizer(self):
+        return self.outer_lr, self.outer_momentum
+
+    def fragment_regions(self, numel: int) -> list[list[tuple[int, int]]]:
+        """(offset, numel) pieces of each fragment: the buffer in fragments x stride pieces, dealt
+        round-robin (fragment p gets pieces p, p + fragments, ...)."""
+        pieces = split(numel, min(self.fragments * self.stride, max(numel, 1)))
+        out = [pieces[p::self.fragments] for p in range(self.fragments)]
+        return [f for f in out if f and any(n for _, n in f)]
+
+    def build(self, plan, topology, groups):
+        site_groups, _ = cross_site(topology, groups, self.name)
+        plan.steps.extend(self.inner.plan(topology, site_groups, plan.numel, plan.element_size).shifted(0, 0))
+        self._outer_steps(plan, topology, groups)
+
+    def sync_plan(self, topology, groups, buckets, element_size):
+        """The inner strategy's bucketed plan over each site, then the fragments' outer syncs over
+        the whole buffer (they run after the optimizer, not per gradient bucket)."""
+        site_groups, _ = cross_site(topology, groups, self.name)
+        inner, triggers = self.inner.sync_plan(topology, site_groups, buckets, element_size)
+        plan = Plan(numel=inner.numel, element_size=element_size, strategy=self.describe(),
+                    ranks=tuple(sorted(r for g in groups for r in g)), steps=list(inner.steps))
+        self._outer_steps(plan, topology, groups)
+        return plan, triggers
+
+    def _outer_steps(self, plan: Plan, topology, groups) -> None:
+        site_groups, across = cross_site(topology, groups, self.name)
+        frags = self.fragment_regions(plan.numel)
+        after = (plan.steps[-1].id,) if plan.steps else ()
+        local = any(len(s) > 1 for s in site_groups)
+        tier = groups_tier(topology, site_groups)
+        for p, pieces in enumerate(frags):
+            offset = p * self.every // len(frags)
+            for off, n in pieces:
+                x_groups, x_regions = across(n)
+                if not x_groups:
+                    continue
+                x = plan.add("all_reduce", x_groups, [(off + o, k) for o, k in x_regions], deps=after, tier="wan",
+                             phase="param", period=self.every, offset=offset, chunk=p, label=f"outer-ar-wan-f{p}")
+                if local:
+                    plan.add("all_gather", site_groups, [(off, n)] * len(site_groups), deps=(x.id,), tier=tier,
+                             phase="param", period=self.every, offset=offset, chunk=p, label=f"outer-ag-site-f{p}")
