@@ -140,6 +140,11 @@ class Pipeline:
     emulator's single-threaded delay line on one core): the WAN flows' rates sum to at most
     this, across all links and directions. 0: none.
 
+    `codec_Bps`: a step on a lossy wire (hdc.wire) also costs each rank the encoding of what it
+    sends and the decoding (and fp32 sum) of what it receives, at this many fp32 bytes per
+    second: before its transfer, values encoded; after it, values decoded. 0: free (a GPU
+    quantizes at memory bandwidth).
+
     `shaper_*`: the WAN links are shaped by a token bucket (an emulator's tbf/htb egress qdisc):
     each holds max(shaper_min_burst_bytes, shaper_burst_s × its rate) bytes of tokens and,
     while it has any, passes data at up to shaper_peak_Bps (the unshaped path's rate). 0: none.
@@ -153,6 +158,17 @@ class Pipeline:
     shaper_min_burst_bytes: float = 0.0
     shaper_peak_Bps: float = 0.0
     forwarder_Bps: float = 0.0
+    codec_Bps: float = 0.0
+
+    def codec_s(self, op: str, p: int, numel: int) -> tuple[float, float]:
+        """(encode, decode) seconds of a lossy step over p members and a region of numel values:
+        a reduce-scatter encodes all of its region and decodes p shards of it; an all-gather
+        encodes one shard and decodes all p."""
+        if self.codec_Bps <= 0 or p < 2:
+            return 0.0, 0.0
+        shard = -(-numel // p)
+        enc, dec = (numel, p * shard) if op == "reduce_scatter" else (shard, p * shard)
+        return 4 * enc / self.codec_Bps, 4 * dec / self.codec_Bps
 
     def buckets(self, capacities: Mapping[Hashable, float], wan_links) -> dict:
         """link -> (burst bytes, peak bytes/s) for the WAN links this shaper applies to (a
@@ -287,9 +303,15 @@ def simulate_plan(routes: Routes, plan: Plan, mode: str = "coflow", train_step: 
         elif mode == "pipelined":
             if pipe.call_overhead_s > 0:
                 yield env.timeout(pipe.call_overhead_s)
+            enc_s, dec_s = pipe.codec_s(step.op, max(len(g) for g in step.groups), step.numel) \
+                if plan.lossy(step) else (0.0, 0.0)
+            if enc_s:
+                yield env.timeout(enc_s)
             procs = [env.process(run_pipelined(env, net, routes, step.op, g, n, plan.wire_bytes(step), pipe))
                      for g, (_, n) in zip(step.groups, step.regions)]
             yield simpy.AllOf(env, procs)
+            if dec_s:
+                yield env.timeout(dec_s)
         else:
             tpl = step_template(routes, step.op, step.groups)
             yield start_coflow(net, step.op, tpl, step.numel, plan.wire_bytes(step))

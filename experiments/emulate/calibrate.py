@@ -13,6 +13,8 @@ warm-up:
              the WAN rate
   wan_all  - every rank-j pair between sites 0 and 1 at once; while its largest size runs, the
              delay line's CPU time gives its cost per byte, hence its capacity (one core)
+  codec    - every site's first two ranks at once, an int8 reduce-scatter + all-gather of 16 MiB
+             (hdc.wire): what encoding, decoding and the fp32 sums cost on these cores
 
 `fit` turns the medians into the model's constants (`Calibration`) by running the probe's own
 plans through the model that predicts the validated plans — the simulator's `pipelined` mode
@@ -34,7 +36,9 @@ from experiments.emulate.spec import with_tiers
 from simulator.collectives import Pipeline
 
 LOCAL_SIZES_BYTES = (4 << 10, 1 << 20, 16 << 20)
+CODEC_SIZES_BYTES = (1 << 20, 16 << 20)
 PROBE_OPS = ("all_reduce",)
+CODEC_OPS = ("reduce_scatter:int8", "all_gather:int8")  # op:wire
 PROBE_WAN_SECONDS = 0.12  # the largest WAN probe moves ~this long at the configured rate...
 WAN_MAX_BYTES = (4 << 20, 32 << 20)  # ...within these bounds: large enough to meet the TCP window
 
@@ -58,13 +62,16 @@ def probe_pairs(topology: Topology) -> tuple[list[tuple[int, int]], tuple[int, i
 
 
 def probe_plan(name: str, pairs, size_bytes: int, ops=PROBE_OPS) -> Plan:
-    """One probe case: `ops` in sequence over `pairs` at once, labelled so they get their own groups."""
+    """One probe case: `ops` ('op' or 'op:wire') in sequence over `pairs` at once, labelled so
+    they get their own groups."""
     numel = size_bytes // 4
     plan = Plan(numel=numel, element_size=4, strategy=f"probe-{name}",
                 ranks=tuple(sorted(r for p in pairs for r in p)))
     prev: list[int] = []
-    for op in ops:
-        step = plan.add(op, pairs, [(0, numel)] * len(pairs), deps=tuple(prev), label=f"probe-{name}")
+    for spec in ops:
+        op, _, wire = spec.partition(":")
+        step = plan.add(op, pairs, [(0, numel)] * len(pairs), deps=tuple(prev), label=f"probe-{name}",
+                        wire=wire or None)
         prev = [step.id]
     return plan
 
@@ -74,7 +81,8 @@ def probe_specs(topology: Topology) -> dict[str, tuple[list, tuple[int, ...], tu
     local, wan, wan_all = probe_pairs(topology)
     wsizes = wan_sizes_bytes(topology)
     out = {"local": (local, LOCAL_SIZES_BYTES, PROBE_OPS), "wan": ([wan], wsizes, PROBE_OPS),
-           "wan_all": (wan_all if len(wan_all) > 1 else [], wsizes, PROBE_OPS)}
+           "wan_all": (wan_all if len(wan_all) > 1 else [], wsizes, PROBE_OPS),
+           "codec": (local, CODEC_SIZES_BYTES, CODEC_OPS)}
     return {k: v for k, v in out.items() if v[0]}
 
 
@@ -114,7 +122,8 @@ def run_probe(topology: Topology, plans: dict[str, list[Plan]], measure, repeats
             med.append(statistics.median(ts))
         alpha, bw = fit_alpha_beta(sizes, med)
         pairs = len(plist[0].steps[0].groups)
-        out[name] = {"sizes_bytes": sizes, "median_s": med, "ops": [s.op for s in plist[0].steps],
+        out[name] = {"sizes_bytes": sizes, "median_s": med,
+                     "ops": [f"{s.op}:{s.wire}" if s.wire else s.op for s in plist[0].steps],
                      "alpha_s": alpha, "bandwidth_Bps": bw, "pairs": pairs, "aggregate_Bps": bw * pairs,
                      "repeats": repeats}
         if forwarder_cpu_s:
@@ -168,6 +177,7 @@ class Calibration:
     local_Bps: float  # rate between two ranks of a site, every site's pair at once (loopback + CPU)
     wan_efficiency: float  # fraction of the configured WAN rate the largest WAN probe reaches (<= 1)
     forwarder_Bps: float = 0.0  # the delay line's capacity for all WAN bytes together (0: unlimited)
+    codec_Bps: float = 0.0  # fp32 bytes per second a rank encodes/decodes on a lossy wire (0: free)
 
 
 def model_for(topology: Topology, c: Calibration) -> tuple[Topology, Pipeline]:
@@ -190,7 +200,7 @@ def model_for(topology: Topology, c: Calibration) -> tuple[Topology, Pipeline]:
                       wan_share=c.wan_efficiency, name_suffix="+calibrated")
     return topo, Pipeline(call_overhead_s=c.call_overhead_s, shaper_burst_s=BURST_S,
                           shaper_min_burst_bytes=BURST_MIN_MTUS * EmulationSpec.mtu_bytes,
-                          shaper_peak_Bps=c.local_Bps, forwarder_Bps=c.forwarder_Bps)
+                          shaper_peak_Bps=c.local_Bps, forwarder_Bps=c.forwarder_Bps, codec_Bps=c.codec_Bps)
 
 
 def _simulate(topology: Topology, c: Calibration, plan: Plan) -> float:
@@ -212,7 +222,9 @@ def fit(topology: Topology, calib: dict) -> Calibration:
        measured one (starting from the slope of the two largest sizes: loopback is never
        latency-bound, but the model's 2-rank ring is not a plain n / B);
     4. wan_efficiency: the configured WAN rate is scaled down (never up) until the model's time
-       for the largest WAN probe reaches the measured one.
+       for the largest WAN probe reaches the measured one;
+    5. codec_Bps (when the probe has it): the encode/decode rate at which the model's time for the
+       largest int8 probe is the measured one.
     They depend on each other a little (a slower WAN lengthens the 4 KiB probe too): three passes."""
     specs = probe_specs(topology)
 
@@ -244,6 +256,11 @@ def fit(topology: Topology, calib: dict) -> Calibration:
                                             loc_t[max(loc_t)], local_Bps / 4, local_Bps * 4, geometric=True))
         c = replace(c, wan_efficiency=_solve(lambda x: _simulate(topology, replace(c, wan_efficiency=x), wan_plans[big]),
                                              wan_t[big], 0.25, 1.0))
+    if "codec" in calib:  # 5. codec_Bps: the rate at which the model's time for the largest codec probe is the measured one
+        codec_t = measured("codec")
+        codec_plan = plans("codec")[max(codec_t)]
+        c = replace(c, codec_Bps=_solve(lambda x: _simulate(topology, replace(c, codec_Bps=x), codec_plan),
+                                        codec_t[max(codec_t)], 1e7, 1e11, geometric=True))
     return c
 
 

@@ -69,9 +69,11 @@ def cross_site(topology: Topology, groups, strategy: str):
     return site_groups, across
 
 
-def strategy_field(help: str, default: str) -> Any:
+def inner_field(default: str = "hierarchical") -> Any:
     """A wrapper's `inner` field: a strategy given by name or mapping (built by the registry)."""
-    return dataclasses.field(default=default, metadata={"help": help, "strategy": True})
+    return dataclasses.field(default=default, metadata={
+        "help": "chunked, local_sgd, streaming_local_sgd, compressed: the wrapped strategy (a name or a mapping)",
+        "strategy": True})
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 
 from hdc.config import meta
 from hdc.plan import split
-from hdc.strategies.base import Strategy, append_chunks, register, strategy_field
+from hdc.strategies.base import Strategy, append_chunks, inner_field, register
 
 
 @register
 @dataclass(frozen=True)
 class Chunked(Strategy):
-    inner: Strategy = strategy_field("chunked, local_sgd, compressed: the wrapped strategy (a name or a "
-                                     "mapping)", "hierarchical")
+    inner: Strategy = inner_field()
     chunks: int = meta("chunked: chunks per gradient bucket (with overlap_backward: of the whole buffer)",
                        default=4, ge=1, le=4096)
     overlap_backward: bool = meta("chunked: the chunks are the gradient buckets; chunk c starts as soon "

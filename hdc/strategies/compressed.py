@@ -13,14 +13,13 @@ from dataclasses import dataclass, replace
 
 from hdc.config import meta
 from hdc.plan import Plan
-from hdc.strategies.base import Strategy, register, strategy_field
+from hdc.strategies.base import Strategy, inner_field, register
 
 
 @register
 @dataclass(frozen=True)
 class Compressed(Strategy):
-    inner: Strategy = strategy_field("chunked, local_sgd, compressed: the wrapped strategy (a name or a "
-                                     "mapping)", "hierarchical")
+    inner: Strategy = inner_field()
     wire: str = meta("compressed: wire format of the compressed steps (int8: absmax scale per shard)",
                      default="int8", choices=("int8", "bf16"))
     scope: str = meta("compressed: compress the steps that cross sites (wan) or every step (all)",

@@ -9,29 +9,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hdc.config import meta
-from hdc.strategies.base import Strategy, cross_site, groups_tier, register, strategy_field
+from hdc.strategies.base import Strategy, cross_site, groups_tier, inner_field, register
 
 
 @register
 @dataclass(frozen=True)
 class LocalSGD(Strategy):
-    inner: Strategy = strategy_field("chunked, local_sgd, compressed: the wrapped strategy (a name or a "
-                                     "mapping)", "hierarchical")
-    every: int = meta("local_sgd: training steps between cross-site parameter syncs", default=10, ge=1,
-                      le=1_000_000)
-    outer_lr: float = meta("local_sgd: outer learning rate on the averaged pseudo-gradient (1 with "
-                           "momentum 0 = plain averaging)", default=1.0, gt=0, le=10)
-    outer_momentum: float = meta("local_sgd: outer Nesterov momentum (DiLoCo uses 0.9 with outer_lr 0.7)",
-                                 default=0.0, ge=0, lt=1)
+    inner: Strategy = inner_field()
+    every: int = meta("local_sgd, streaming_local_sgd: training steps between cross-site parameter syncs",
+                      default=10, ge=1, le=1_000_000)
+    outer_lr: float = meta("local_sgd, streaming_local_sgd: outer learning rate on the averaged "
+                           "pseudo-gradient (1 with momentum 0 = plain averaging)", default=1.0, gt=0, le=10)
+    outer_momentum: float = meta("local_sgd, streaming_local_sgd: outer Nesterov momentum (DiLoCo uses 0.9 "
+                                 "with outer_lr 0.7)", default=0.0, ge=0, lt=1)
     name = "local_sgd"
     order = 50
     summary = ("gradients synced inside each site every step; every `every` steps the sites average "
                "their parameters (DiLoCo outer step)")
 
     def describe(self) -> str:
-        outer = ("" if (self.outer_lr, self.outer_momentum) == (1.0, 0.0)
-                 else f", outer_lr={self.outer_lr:g}, outer_momentum={self.outer_momentum:g}")
-        return f"{self.name}({self.inner.describe()}, every={self.every}{outer})"
+        return f"{self.name}({self.inner.describe()}, every={self.every}{self._extra()}{self._outer()})"
+
+    def _extra(self) -> str:
+        return ""
+
+    def _outer(self) -> str:
+        return ("" if (self.outer_lr, self.outer_momentum) == (1.0, 0.0)
+                else f", outer_lr={self.outer_lr:g}, outer_momentum={self.outer_momentum:g}")
 
     def outer_optimizer(self):
         return self.outer_lr, self.outer_momentum

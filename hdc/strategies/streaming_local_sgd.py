@@ -15,37 +15,24 @@ from dataclasses import dataclass
 
 from hdc.config import meta
 from hdc.plan import Plan, split
-from hdc.strategies.base import Strategy, cross_site, groups_tier, register, strategy_field
+from hdc.strategies.base import cross_site, groups_tier, register
+from hdc.strategies.local_sgd import LocalSGD
 
 
 @register
 @dataclass(frozen=True)
-class StreamingLocalSGD(Strategy):
-    inner: Strategy = strategy_field("chunked, local_sgd, compressed: the wrapped strategy (a name or a "
-                                     "mapping)", "hierarchical")
-    every: int = meta("local_sgd: training steps between cross-site parameter syncs", default=10, ge=1,
-                      le=1_000_000)
+class StreamingLocalSGD(LocalSGD):
     fragments: int = meta("streaming_local_sgd: parameter fragments, each synced every `every` steps at its "
                           "own offset", default=4, ge=1, le=1024)
     stride: int = meta("streaming_local_sgd: interleaved pieces per fragment (1 = contiguous; the paper's "
                        "strided layers)", default=1, ge=1, le=1024)
-    outer_lr: float = meta("local_sgd: outer learning rate on the averaged pseudo-gradient (1 with "
-                           "momentum 0 = plain averaging)", default=1.0, gt=0, le=10)
-    outer_momentum: float = meta("local_sgd: outer Nesterov momentum (DiLoCo uses 0.9 with outer_lr 0.7)",
-                                 default=0.0, ge=0, lt=1)
     name = "streaming_local_sgd"
     order = 55
     summary = ("Streaming DiLoCo: local_sgd with the parameters in fragments, each averaged across sites "
                "every `every` steps at its own offset (1/fragments of the model on the WAN at a time)")
 
-    def describe(self) -> str:
-        outer = ("" if (self.outer_lr, self.outer_momentum) == (1.0, 0.0)
-                 else f", outer_lr={self.outer_lr:g}, outer_momentum={self.outer_momentum:g}")
-        stride = f", stride={self.stride}" if self.stride > 1 else ""
-        return f"{self.name}({self.inner.describe()}, every={self.every}, fragments={self.fragments}{stride}{outer})"
-
-    def outer_optimizer(self):
-        return self.outer_lr, self.outer_momentum
+    def _extra(self) -> str:
+        return f", fragments={self.fragments}" + (f", stride={self.stride}" if self.stride > 1 else "")
 
     def fragment_regions(self, numel: int) -> list[list[tuple[int, int]]]:
         """(offset, numel) pieces of each fragment: the buffer in fragments x stride pieces, dealt
