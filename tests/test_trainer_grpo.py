@@ -195,3 +195,28 @@ def test_read_metrics_skips_a_line_cut_by_a_kill(tmp_path):
     p = tmp_path / "metrics.jsonl"
     p.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo{"step": 2, "loss": 0.25}\n{"step": 3, "loss": 0.1}\n')
     assert [r["step"] for r in read_metrics(p)] == [1, 3]
+
+
+def test_reward_functions_log_metrics_and_completion_columns(tmp_path):
+    """A TRL-style reward with log_metric / log_extra / completion_ids / trainer_state, and an
+    async one: their metric lands in metrics.jsonl, their column in completions.jsonl."""
+    steps = []
+
+    def lengthy(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, **kw):
+        steps.append(trainer_state.global_step)
+        log_metric("lengthy/mean_tokens", sum(map(len, completion_ids)) / len(completion_ids))
+        log_extra("n_tokens", [len(c) for c in completion_ids])
+        return [len(c) / 24 for c in completion_ids]
+
+    async def constant(prompts, completions, **kw):
+        return [0.5] * len(completions)
+
+    assets = tiny_assets()
+    GRPOTrainer(model=str(assets.sft_model), reward_funcs=[lengthy, constant],
+                args=small_args(tmp_path, log_completions=True),
+                train_dataset=load_jsonl(str(assets.data / "train.jsonl"))).train(progress=False)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert steps == [0, 1] and all(0 < r["lengthy/mean_tokens"] <= 24 for r in rows)
+    assert all(r["rewards/constant/mean"] == 0.5 for r in rows)
+    completions = [json.loads(line) for line in open(tmp_path / "completions.jsonl")]
+    assert all(isinstance(c["n_tokens"], int) and c["n_tokens"] > 0 for c in completions)

@@ -89,3 +89,32 @@ def test_rewards_resolve_by_builtin_name_or_import_path():
         resolve_reward("no_such_pkg.mod:f", "rewards[0].func")
     with pytest.raises(UserError, match="must be one of accuracy, format, length"):
         resolve_reward("acurracy", "rewards[0].func")
+
+
+def test_reward_functions_get_trls_keywords_and_may_be_async():
+    """TRL 1.16 passes completion_ids, trainer_state, log_extra and log_metric, and awaits async
+    functions; a function declared with those parameters runs unchanged."""
+    import asyncio
+
+    from transformers import TrainerState
+
+    seen, logged, extra = {}, {}, {}
+
+    def trl_style(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, answer, **kw):
+        seen.update(ids=completion_ids, step=trainer_state.global_step)
+        log_extra("judge", [f"ok-{c}" for c in completions])
+        log_metric("judge/mean", 0.5)
+        return [float(len(ids)) for ids in completion_ids]
+
+    async def remote_judge(prompts, completions, **kw):
+        await asyncio.sleep(0)
+        return [1.0 if c == a else 0.0 for c, a in zip(completions, kw["answer"])]
+
+    state = TrainerState(global_step=7, max_steps=10)
+    per_func, totals = score([trl_style, bind_params(remote_judge, {"unused": 1})], [1.0, 2.0], ["p", "q"],
+                             ["3", "x"], {"answer": ["3", "4"]}, completion_ids=[[1, 2], [5]],
+                             trainer_state=state, log_extra=lambda c, v: extra.setdefault(c, v),
+                             log_metric=lambda n, v: logged.setdefault(n, v))
+    assert per_func == [[2.0, 1.0], [1.0, 0.0]] and totals == [4.0, 1.0]
+    assert seen == {"ids": [[1, 2], [5]], "step": 7}
+    assert extra == {"judge": ["ok-3", "ok-x"]} and logged == {"judge/mean": 0.5}

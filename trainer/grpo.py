@@ -14,6 +14,7 @@ import dataclasses
 import math
 import random
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -135,6 +136,9 @@ class GRPOTrainer:
             betas=(args.adam_beta1, args.adam_beta2))
         self.scheduler = build_scheduler(getattr(self.optimizer, "inner", self.optimizer), args)
         self.tis = tis or TIS()  # applied when the backend returns the sampler's log-probs (vLLM)
+        from transformers import TrainerState
+
+        self.trainer_state = TrainerState(max_steps=args.max_steps)  # reward functions' `trainer_state`, as TRL's
         self.updates = 0  # optimizer updates so far
         self.step = 0  # = updates at the start of a round: TRL's global step
         self.logger: MetricsLogger | None = None
@@ -169,7 +173,14 @@ class GRPOTrainer:
         columns = {k: rep([row[k] for row in rows]) for k in rows[0] if k != self.data.prompt_column}
         completions = gen.texts if isinstance(prompts[0], str) else [[{"role": "assistant", "content": c}]
                                                                       for c in gen.texts]
-        per_func, totals = score(self.reward_funcs, self.reward_weights, rep(prompts), completions, columns)
+        extra_columns: dict[str, list] = defaultdict(list)
+        reward_metrics: dict[str, list[float]] = defaultdict(list)
+        self.trainer_state.global_step = self.updates
+        per_func, totals = score(self.reward_funcs, self.reward_weights, rep(prompts), completions, columns,
+                                 completion_ids=gen.completion_ids, trainer_state=self.trainer_state,
+                                 log_extra=lambda column, values: extra_columns[column].extend(values),
+                                 log_metric=lambda name, value: reward_metrics[name].append(float(value)))
+        m.update({name: sum(v) / len(v) for name, v in reward_metrics.items()})  # TRL: averaged per step
         m["time/score_s"] = time.perf_counter() - t
 
         # 4. Group-relative advantages (a group never spans processes; 'batch' scaling uses the whole step).
@@ -302,7 +313,8 @@ class GRPOTrainer:
             self.logger.log_completions(self.step + 1, [
                 {"prompt": prompts[i // G], "completion": gen.texts[i], "reward": totals[i],
                  "advantage": float(advantages[i]),
-                 **{f"rewards/{n}": per_func[j][i] for j, n in enumerate(self.reward_names)}}
+                 **{f"rewards/{n}": per_func[j][i] for j, n in enumerate(self.reward_names)},
+                 **{c: v[i] for c, v in extra_columns.items() if i < len(v)}}
                 for i in range(min(args.num_completions_to_print, len(gen.texts)))])
         return m
 

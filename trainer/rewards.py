@@ -4,7 +4,11 @@ A reward function is `f(prompts, completions, **kwargs) -> list[float | None]`:
 - `completions` are strings, or (conversational data) message lists whose text is
   `completion[0]["content"]`;
 - every dataset column arrives as a keyword argument holding one value per completion
-  (e.g. `answer=[...]`), so TRL reward functions work unchanged;
+  (e.g. `answer=[...]`), and so do TRL's others: `completion_ids` (token ids per completion),
+  `trainer_state` (a transformers TrainerState: global_step = optimizer updates so far,
+  max_steps), `log_extra(column, values)` (columns for completions.jsonl) and
+  `log_metric(name, value)` (a scalar averaged into the step's metrics); a function may be
+  `async def` — TRL reward functions work unchanged;
 - `None` means "not applicable to this sample" (multi-task data): it is skipped in the
   weighted sum rather than counted as zero; a sample no function scores has reward NaN and
   advantage 0, as in TRL.
@@ -15,7 +19,9 @@ User functions are named by import path `package.module:function`.
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
+import inspect
 import logging
 import math
 import re
@@ -133,29 +139,51 @@ def reward_name(func: RewardFunc) -> str:
     return getattr(func, "__name__", type(func).__name__)
 
 
+def is_async(func: RewardFunc) -> bool:
+    """An `async def` reward function (or a callable object with an async __call__), as TRL allows."""
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+
+
 def bind_params(func: RewardFunc, params: dict[str, Any]) -> RewardFunc:
     """`func` with extra keyword arguments fixed (a recipe's rewards[i].params), same log name."""
     if not params:
         return func
-
-    def bound(prompts: list, completions: list, **kwargs: Any) -> list:
-        return func(prompts, completions, **{**kwargs, **params})
+    if is_async(func):
+        async def bound(prompts: list, completions: list, **kwargs: Any) -> list:
+            return await func(prompts, completions, **{**kwargs, **params})
+    else:
+        def bound(prompts: list, completions: list, **kwargs: Any) -> list:
+            return func(prompts, completions, **{**kwargs, **params})
 
     bound.__name__ = reward_name(func)
     return bound
 
 
 def score(reward_funcs: list[RewardFunc], weights: list[float], prompts: list, completions: list,
-          columns: dict[str, list]) -> tuple[list[list[float]], list[float]]:
+          columns: dict[str, list], **extra: Any) -> tuple[list[list[float]], list[float]]:
     """Run every reward function; return per-function values (NaN for None) and the weighted sums.
 
+    Each function gets TRL's keywords: prompts, completions, every dataset column, and `extra`
+    (the trainer passes completion_ids, trainer_state, log_extra and log_metric). `async`
+    functions run concurrently (asyncio.gather), after the plain ones.
     A sample's total skips functions that returned None for it. If all did, its total is NaN
     (TRL 1.16): it is left out of its group's and the batch's reward mean and std, its advantage
     is 0 (trainer.algorithm.group_advantages), and a warning names the first such row.
     """
+    kwargs = {**columns, **extra}
+    outputs: list[Any] = [None] * len(reward_funcs)
+    pending = [i for i, f in enumerate(reward_funcs) if is_async(f)]
+    for i, func in enumerate(reward_funcs):
+        if i not in pending:
+            outputs[i] = func(prompts=prompts, completions=completions, **kwargs)
+    if pending:
+        async def run_async() -> list:
+            return await asyncio.gather(*(reward_funcs[i](prompts=prompts, completions=completions, **kwargs)
+                                          for i in pending))
+        for i, values in zip(pending, asyncio.run(run_async())):
+            outputs[i] = values
     per_func: list[list[float]] = []
-    for func in reward_funcs:
-        values = func(prompts=prompts, completions=completions, **columns)
+    for func, values in zip(reward_funcs, outputs):
         if len(values) != len(completions):
             raise ValueError(f"reward {reward_name(func)} returned {len(values)} values for "
                              f"{len(completions)} completions")
