@@ -43,10 +43,12 @@ def hierarchical_all_reduce_s(k: int, sites: int, size_bytes: float, alpha_site_
 
 
 # --- plan steps on a real topology ---------------------------------------------------------------
-def rounds(op: str, p: int) -> int:
-    """Number of message rounds of a collective over p ranks."""
+def rounds(op: str, p: int, algorithm: str = "ring") -> int:
+    """Number of message rounds of a collective over p ranks (hdc.plan.ALGORITHMS)."""
     if p < 2:
         return 0
+    if algorithm == "direct":  # one all-to-all round (all-reduce: reduce-scatter + all-gather)
+        return {"all_reduce": 2, "reduce_scatter": 1, "all_gather": 1}[op]
     return {"all_reduce": 2 * (p - 1), "reduce_scatter": p - 1, "all_gather": p - 1,
             "broadcast": math.ceil(math.log2(p)), "send_recv": 1}[op]
 
@@ -58,9 +60,12 @@ def message_elems(op: str, p: int, numel: int) -> int:
     return -(-numel // p)
 
 
-def round_messages(op: str, group: Sequence[int]) -> list[tuple[int, int]]:
-    """(src, dst) pairs of one round: ring successor, or the tree/pair for broadcast/send_recv."""
+def round_messages(op: str, group: Sequence[int], algorithm: str = "ring") -> list[tuple[int, int]]:
+    """(src, dst) pairs of one round: ring successor, every other member (direct), or the
+    tree/pair for broadcast/send_recv."""
     p = len(group)
+    if algorithm == "direct":
+        return [(a, b) for a in group for b in group if a != b]
     if op == "send_recv":
         return [(group[0], group[1])]
     if op == "broadcast":  # the widest round of a binomial tree: half the members send
@@ -71,21 +76,23 @@ def round_messages(op: str, group: Sequence[int]) -> list[tuple[int, int]]:
 _SIGNATURES: OrderedDict = OrderedDict()
 
 
-def _round_signatures(topology: Topology, op: str, groups: tuple[tuple[int, ...], ...]) -> tuple:
+def _round_signatures(topology: Topology, op: str, groups: tuple[tuple[int, ...], ...],
+                      algorithm: str = "ring") -> tuple:
     """The distinct messages of one round of a step, each as ((link class, messages sharing the
     link), ...) along its path. Depends on the paths alone (`Topology.route_key`), so a sweep
     over link speeds works it out once per structure."""
     def make():
-        paths = [topology.path(s, d) for g in groups if len(g) > 1 for s, d in round_messages(op, g)]
+        paths = [topology.path(s, d) for g in groups if len(g) > 1 for s, d in round_messages(op, g, algorithm)]
         load = Counter(link for path in paths for link in path)
         return tuple({tuple((link_class(k), load[k]) for k in path) for path in paths})
-    return lru_get(_SIGNATURES, (topology.route_key, op, groups), make, 256)
+    return lru_get(_SIGNATURES, (topology.route_key, op, groups, algorithm), make, 256)
 
 
-def _round_profile(topology: Topology, op: str, groups: tuple[tuple[int, ...], ...]) -> tuple[tuple[float, float], ...]:
+def _round_profile(topology: Topology, op: str, groups: tuple[tuple[int, ...], ...],
+                   algorithm: str = "ring") -> tuple[tuple[float, float], ...]:
     """Distinct (latency_s, bandwidth share Bps) of the messages in one round of a step."""
     out = set()
-    for signature in _round_signatures(topology, op, groups):
+    for signature in _round_signatures(topology, op, groups, algorithm):
         links = [(topology.class_link(cls), n) for cls, n in signature]
         out.add((sum(l.latency_s for l, _ in links), min(l.bandwidth_Bps / n for l, n in links)))
     return tuple(sorted(out))
@@ -97,8 +104,8 @@ def step_time_s(topology: Topology, plan: Plan, step: Step) -> float:
     if p < 2 or step.numel == 0:
         return 0.0
     msg_bytes = message_elems(step.op, p, step.numel) * plan.wire_bytes(step)
-    profile = _round_profile(topology, step.op, step.groups)
-    return rounds(step.op, p) * max(lat + msg_bytes / share for lat, share in profile)
+    profile = _round_profile(topology, step.op, step.groups, step.algorithm)
+    return rounds(step.op, p, step.algorithm) * max(lat + msg_bytes / share for lat, share in profile)
 
 
 def plan_time_s(topology: Topology, plan: Plan, train_step: int = 0) -> float:
@@ -123,7 +130,7 @@ def wan_bytes(topology: Topology, plan: Plan, train_step: int = 0) -> tuple[floa
             if p < 2:
                 continue
             msg = message_elems(step.op, p, n) * plan.wire_bytes(step)
-            for s, d in round_messages(step.op, g):
+            for s, d in round_messages(step.op, g, step.algorithm):
                 if topology.locate(s).site != topology.locate(d).site:
-                    sent[s] += msg * rounds(step.op, p)
+                    sent[s] += msg * rounds(step.op, p, step.algorithm)
     return float(sum(sent.values())), float(max(sent.values(), default=0.0))

@@ -16,6 +16,11 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional
 
 COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "send_recv")
+# How a step's collective is carried out (rounds and who messages whom: hdc.cost, one table):
+# ring  - p-1 rounds to the ring successor (all-reduce 2(p-1)); broadcast a binomial tree
+# direct - one round in which every member sends each other member its share (all-to-all;
+#          all-reduce = two such rounds): the same bytes as a ring, one latency instead of p-1
+ALGORITHMS = ("ring", "direct")
 # Wire formats a step may send, with bytes per element. Lossy ones (bf16, int8) are defined
 # once for every executor (hdc.wire): each member encodes its shards, owners decode and sum in
 # fp32 in member order, then re-encode the sum for the all-gather; int8 adds one fp32 absmax
@@ -55,6 +60,8 @@ class Step:
     label    -- a short human name ('rs-site', 'ar-wan', ...)
     wire     -- what the step puts on the wire (a WIRE_BYTES key); None: the plan's
                 element size (hdc.sync.sync_plans sets it on every step of a training plan)
+    algorithm -- 'ring' or 'direct' (ALGORITHMS); direct only for reduce_scatter, all_gather
+                and all_reduce
     """
     id: int
     op: str
@@ -70,11 +77,14 @@ class Step:
     chunk: int = 0
     label: str = ""
     wire: Optional[str] = None
+    algorithm: str = "ring"
 
     def __post_init__(self) -> None:
         assert self.op in COLLECTIVES, self.op
         assert len(self.groups) == len(self.regions)
         assert self.wire is None or self.wire in WIRE_BYTES, self.wire
+        assert self.algorithm == "ring" or (self.algorithm == "direct" and self.op in
+                                            ("all_reduce", "reduce_scatter", "all_gather")), self.algorithm
 
     @property
     def numel(self) -> int:
@@ -198,6 +208,7 @@ class Plan:
                 "id": s.id, "op": s.op, "label": s.label, "tier": s.tier, "phase": s.phase,
                 "chunk": s.chunk, "deps": list(s.deps), "trigger": s.trigger, "overlap": s.overlap,
                 "period": s.period, "offset": s.offset, "groups": [list(g) for g in s.groups],
-                "regions": [list(r) for r in s.regions], "wire": self.wire(s), "bytes": self.step_bytes(s),
+                "regions": [list(r) for r in s.regions], "wire": self.wire(s), "algorithm": s.algorithm,
+                "bytes": self.step_bytes(s),
             } for s in self.steps],
         }

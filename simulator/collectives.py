@@ -1,8 +1,10 @@
 """Plan steps as the messages their algorithms send (the synchronous-ring model of hdc.cost).
 
-A step over groups of p ranks runs `rounds(op, p)` rounds; in each round every member sends
-one message of `message_elems(op, p, n)` elements to its ring successor (or the tree/pair
-of `round_messages`), and the round ends when the group's messages have all arrived.
+A step over groups of p ranks runs `rounds(op, p, algorithm)` rounds; in each round every member
+sends one message of `message_elems(op, p, n)` elements to its ring successor (or, per
+`round_messages`, to every other member for the direct algorithm, or the tree/pair of a
+broadcast/send_recv), and the round ends when the group's messages have all arrived. The
+`pipelined` mode models gloo's ring for every step (a direct step over 2 members is the same).
 
 Three ways to execute it on a `Network`, all here:
   * `exact`: every group a SimPy process, every message its own flow, a barrier per round.
@@ -43,19 +45,20 @@ class Template:
 
 
 def step_template(routes: Routes, op: str, groups: Sequence[Sequence[int]],
-                  multiplicity: Callable[[tuple[str, str]], int] = lambda link: 1) -> Template:
+                  multiplicity: Callable[[tuple[str, str]], int] = lambda link: 1,
+                  algorithm: str = "ring") -> Template:
     p = max(len(g) for g in groups)
     weights: dict = defaultdict(float)
     lat = 0.0
     for g in groups:
         if len(g) < 2:
             continue
-        for s, d in round_messages(op, g):
+        for s, d in round_messages(op, g, algorithm):
             path = routes.path(s, d)
             lat = max(lat, routes.latency_s(path))
             for link in path:
                 weights[link] += multiplicity(link)
-    return Template(dict(weights), lat, rounds(op, p), p)
+    return Template(dict(weights), lat, rounds(op, p, algorithm), p)
 
 
 def message_bytes(op: str, p: int, numel: int, element_size: int) -> int:
@@ -103,14 +106,14 @@ def _on_resources(tpl: Template, resource_of) -> dict:
 
 
 def run_exact(env: simpy.Environment, net: Network, routes: Routes, op: str, group: Sequence[int],
-              numel: int, element_size: int):
+              numel: int, element_size: int, algorithm: str = "ring"):
     """SimPy process: one group's rounds, each message its own flow, a barrier per round."""
     p = len(group)
     if p < 2 or numel == 0:
         return
     size = message_bytes(op, p, numel, element_size)
-    msgs = [(routes.path(s, d)) for s, d in round_messages(op, group)]
-    for _ in range(rounds(op, p)):
+    msgs = [(routes.path(s, d)) for s, d in round_messages(op, group, algorithm)]
+    for _ in range(rounds(op, p, algorithm)):
         yield simpy.AllOf(env, [net.transfer({link: 1.0 for link in path}, size, routes.latency_s(path), kind=path)
                                 for path in msgs])
 
@@ -297,7 +300,7 @@ def simulate_plan(routes: Routes, plan: Plan, mode: str = "coflow", train_step: 
             mine.succeed()
         start = env.now
         if mode == "exact":
-            procs = [env.process(run_exact(env, net, routes, step.op, g, n, plan.wire_bytes(step)))
+            procs = [env.process(run_exact(env, net, routes, step.op, g, n, plan.wire_bytes(step), step.algorithm))
                      for g, (_, n) in zip(step.groups, step.regions)]
             yield simpy.AllOf(env, procs)
         elif mode == "pipelined":
@@ -313,7 +316,7 @@ def simulate_plan(routes: Routes, plan: Plan, mode: str = "coflow", train_step: 
             if dec_s:
                 yield env.timeout(dec_s)
         else:
-            tpl = step_template(routes, step.op, step.groups)
+            tpl = step_template(routes, step.op, step.groups, algorithm=step.algorithm)
             yield start_coflow(net, step.op, tpl, step.numel, plan.wire_bytes(step))
         times[step.id] = (start, env.now)
 

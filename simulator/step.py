@@ -145,11 +145,11 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
     tpl_cache: dict = {}
     shared = routes.templates.setdefault((aggregate, tp), {})  # reused by equal topologies
 
-    def template(op, grps) -> Template:
-        key = (op, grps)
+    def template(op, grps, algorithm="ring") -> Template:
+        key = (op, grps, algorithm)
         if key not in tpl_cache:
             if key not in shared:
-                shared[key] = step_template(routes, op, grps, mult)
+                shared[key] = step_template(routes, op, grps, mult, algorithm)
             tpl_cache[key] = shared[key]
         return tpl_cache[key]
 
@@ -161,7 +161,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
             per[stage_of[g[0]]][1].append(r)
         for s, (gs, rs) in per.items():
             sub[(step.id, s)] = (step, tuple(gs), tuple(rs))
-            template(step.op, tuple(gs))
+            template(step.op, tuple(gs), step.algorithm)
     p2p_tpl = {}
     for a in range(pp):
         for b in ((a + 1) % pp, (a - 1) % pp):
@@ -249,12 +249,12 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
         esize = plan.wire_bytes(st)
         numel = max(n for _, n in rs)
         if aggregate:
-            yield start_coflow(net, st.op, template(st.op, gs), numel, esize, resource_of)
+            yield start_coflow(net, st.op, template(st.op, gs, st.algorithm), numel, esize, resource_of)
         elif rounds == "coflow":
-            yield simpy.AllOf(env, [start_coflow(net, st.op, template(st.op, (g,)), n, esize)
+            yield simpy.AllOf(env, [start_coflow(net, st.op, template(st.op, (g,), st.algorithm), n, esize)
                                     for g, (_, n) in zip(gs, rs)])
         else:
-            yield simpy.AllOf(env, [env.process(run_exact(env, net, routes, st.op, g, n, esize))
+            yield simpy.AllOf(env, [env.process(run_exact(env, net, routes, st.op, g, n, esize, st.algorithm))
                                     for g, (_, n) in zip(gs, rs)])
         if spans is not None:
             spans.append(("dp", s, f"dp:{st.label or st.op}", start, env.now, f"step {st.id} chunk {st.chunk}"))

@@ -87,3 +87,26 @@ def test_cached_costs_equal_fresh_ones_when_a_sweep_changes_link_speeds(rtt_ac):
     assert warm[0] != warm[1]  # 5 ms direct vs the 2 x 5 ms detour at 1 Gbit/s
     assert _three_sites("5ms").route_key != _three_sites("50ms").route_key
     assert _three_sites("5ms").structure_key == _three_sites("50ms").structure_key
+
+
+def test_direct_algorithm_is_one_round_of_the_same_bytes_and_the_simulator_agrees():
+    """A direct (all-to-all) reduce-scatter over 3 sites: 1 round instead of 2, the same bytes
+    per rank across the WAN; the simulator's coflow time for it alone is the alpha-beta time."""
+    from hdc.plan import Plan
+    from hdc.topology import load_topology
+    from simulator.collectives import simulate_plan
+    from simulator.network import Routes
+
+    t = load_topology("tiny-3site")
+    group = [t.site_gpus(s)[0] for s in range(3)]
+    times, sent = {}, {}
+    for algorithm in ("ring", "direct"):
+        plan = Plan(numel=3 << 20, element_size=4, ranks=tuple(group))
+        plan.add("reduce_scatter", [group], [(0, 3 << 20)], tier="wan", algorithm=algorithm)
+        times[algorithm] = cost.plan_time_s(t, plan)
+        sent[algorithm] = cost.wan_bytes(t, plan)
+        sim = max(end for _, end in simulate_plan(Routes(t), plan).values())
+        assert sim == pytest.approx(times[algorithm], rel=1e-6)
+    assert cost.rounds("reduce_scatter", 3, "direct") == 1 and cost.rounds("reduce_scatter", 3) == 2
+    assert sent["direct"] == sent["ring"]
+    assert times["direct"] < times["ring"]

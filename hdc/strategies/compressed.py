@@ -5,7 +5,9 @@ carry sums — gradients, or local_sgd's pseudo-gradients (anchor - parameters) 
 sync — are sent in `wire` (hdc.wire: int8 with one absmax scale per shard, as INTELLECT-1
 quantized DiLoCo's pseudo-gradients; or bf16), and summed in fp32. An all-reduce among them
 becomes a reduce-scatter plus an all-gather on that wire: each owner sums its shard in fp32 and
-re-encodes the sum once. Parameter all-gathers (the distributed optimizer's) stay exact.
+re-encodes the sum once. Parameter all-gathers (the distributed optimizer's) stay exact. The
+compressed steps are planned with the direct algorithm: the executors send the encoded shards
+in one all-to-all (or all-gather), which costs one latency where a ring costs p-1.
 """
 from __future__ import annotations
 
@@ -45,8 +47,10 @@ class Compressed(Strategy):
         return self.inner.outer_optimizer()
 
     def _selected(self, s) -> bool:
-        carries_sums = s.phase == "grad" or s.op in ("all_reduce", "reduce_scatter")
-        return carries_sums and (self.scope == "all" or s.tier == "wan") and s.op != "broadcast"
+        if s.op not in ("all_reduce", "reduce_scatter", "all_gather"):
+            return False
+        carries_sums = s.phase == "grad" or s.op != "all_gather"
+        return carries_sums and (self.scope == "all" or s.tier == "wan")
 
     def compress(self, steps):
         """The steps with the selected ones on this wire, all-reduces split in two; ids renumbered."""
@@ -56,12 +60,13 @@ class Compressed(Strategy):
             if not self._selected(s):
                 out.append(replace(s, id=len(out), deps=deps))
             elif s.op == "all_reduce":
-                rs = replace(s, id=len(out), op="reduce_scatter", deps=deps, wire=self.wire,
+                rs = replace(s, id=len(out), op="reduce_scatter", deps=deps, wire=self.wire, algorithm="direct",
                              label=f"{s.label.replace('ar', 'rs', 1)}-{self.wire}")
                 out.append(rs)
                 out.append(replace(s, id=len(out), op="all_gather", deps=(rs.id,), wire=self.wire, trigger=None,
-                                   label=f"{s.label.replace('ar', 'ag', 1)}-{self.wire}"))
+                                   algorithm="direct", label=f"{s.label.replace('ar', 'ag', 1)}-{self.wire}"))
             else:
-                out.append(replace(s, id=len(out), deps=deps, wire=self.wire, label=f"{s.label}-{self.wire}"))
+                out.append(replace(s, id=len(out), deps=deps, wire=self.wire, algorithm="direct",
+                                   label=f"{s.label}-{self.wire}"))
             done_by[s.id] = out[-1].id
         return out
