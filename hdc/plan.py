@@ -56,6 +56,9 @@ class Step:
     overlap  -- the compute phase this step may overlap: 'backward', 'forward' or None
     period   -- run only on training steps where (step - offset) % period == 0 (local SGD's
                 outer sync; streaming local SGD staggers its fragments with `offset`)
+    lag      -- a 'param' step due on training step t may complete as late as step t + lag: it
+                starts after step t's optimizer and overlaps the next `lag` steps (streaming
+                local SGD's delay); 0: it completes within step t
     chunk    -- chunk (or bucket) index this step belongs to
     label    -- a short human name ('rs-site', 'ar-wan', ...)
     wire     -- what the step puts on the wire (a WIRE_BYTES key); None: the plan's
@@ -74,6 +77,7 @@ class Step:
     overlap: Optional[str] = None
     period: int = 1
     offset: int = 0
+    lag: int = 0
     chunk: int = 0
     label: str = ""
     wire: Optional[str] = None
@@ -207,7 +211,7 @@ class Plan:
             "steps": [{
                 "id": s.id, "op": s.op, "label": s.label, "tier": s.tier, "phase": s.phase,
                 "chunk": s.chunk, "deps": list(s.deps), "trigger": s.trigger, "overlap": s.overlap,
-                "period": s.period, "offset": s.offset, "groups": [list(g) for g in s.groups],
+                "period": s.period, "offset": s.offset, "lag": s.lag, "groups": [list(g) for g in s.groups],
                 "regions": [list(r) for r in s.regions], "wire": self.wire(s), "algorithm": s.algorithm,
                 "bytes": self.step_bytes(s),
             } for s in self.steps],

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 from hdc.errors import UserError
 from hdc.plan import WIRE_BYTES, Plan
-from hdc.strategies import Strategy
+from hdc.strategies import OuterStep, Strategy
 from hdc.topology import Topology
 
 GRAD_DTYPES = {"float32": "fp32", "bfloat16": "bf16"}  # distributed.grad_dtype -> wire format
@@ -52,7 +52,7 @@ class SyncPlans:
     """The plan of one training step's sync and what it means for the optimizer."""
     plan: Plan                        # 'grad' steps (bucket triggers) and 'param' steps (after the optimizer)
     buckets: tuple[int, ...]          # elements of each gradient bucket, production order ('bucket:k')
-    outer: Optional[tuple[float, float]]  # (lr, momentum) of the outer step on averaged replicas
+    outer: Optional[OuterStep]        # the outer step on averaged replicas (lr, momentum, alpha)
 
     def owned(self, rank: int) -> list[tuple[int, int]]:
         return self.plan.owned_regions(rank)

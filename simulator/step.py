@@ -208,7 +208,11 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
             env.timeout(frac * dur).callbacks.append(lambda _e, ev=ev: ev.succeed())
 
     pre = {k for k, (st, _, _) in sub.items() if st.phase == "param" and st.overlap == "forward"}
-    post = {k for k, (st, _, _) in sub.items() if st.phase == "param" and k not in pre}
+    # a parameter sync with a lag overlaps the following steps: in steady state one is in flight
+    # from the step's start, sharing the network, and it must finish within `lag` steps
+    lagged = {k for k, (st, _, _) in sub.items() if st.phase == "param" and st.lag > 0 and k not in pre}
+    post = {k for k, (st, _, _) in sub.items() if st.phase == "param" and k not in pre and k not in lagged}
+    part = lambda k: 0 if k in pre else 1 if k in lagged else 2  # noqa: E731 (deps stay within a part)
     done: dict[tuple[int, int], simpy.Event] = {k: env.event() for k in sub}
     param_waits = defaultdict(list)  # (stage, chunk) -> events
     for k in pre:
@@ -235,7 +239,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
     def run_sub(key):
         st, gs, rs = sub[key]
         s = key[1]
-        deps = [done[(d, s)] for d in st.deps if (d, s) in done and ((d, s) in pre) == (key in pre)]
+        deps = [done[(d, s)] for d in st.deps if (d, s) in done and part((d, s)) == part(key)]
         if key in post:
             deps.append(optimizer_done)
         if st.phase == "grad":
@@ -265,7 +269,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
 
     owned = sum(n for _, n in plan.owned_regions(groups[0][0]))
     opt_s = owned * constants.optimizer_bytes_per_param / constants.hbm_bandwidth_Bps
-    grad_done = [done[k] for k in sub if k not in pre and k not in post]
+    grad_done = [done[k] for k in sub if k not in pre and k not in post and k not in lagged]
     marks = {}
 
     def optimizer():
@@ -281,9 +285,19 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
             yield simpy.AllOf(env, [done[k] for k in post])
         marks["end"] = env.now
 
+    lag_end = {}
+
+    def overlapped():
+        for k in lagged:
+            yield done[k]
+            lag_end[k] = env.now
+
     env.process(optimizer())
+    if lagged:
+        env.process(overlapped())
     env.run()
-    T = marks["end"]
+    # a lagged sync longer than its `lag` steps holds the step that applies it back
+    T = max([marks["end"]] + [end / sub[k][0].lag for k, end in lag_end.items()])
 
     # -- breakdown (per GPU of the critical stage; sums to the step time) -------------------------
     pipe_end = max(pipelines[0].end_s)

@@ -179,7 +179,7 @@ def test_registry_knobs_reach_wrapped_strategies_and_unknown_ones_are_named():
     s = strategy_from_dict({"name": "local_sgd", "inner": "distributed_optimizer", "hierarchical": False,
                             "every": 3, "outer_lr": 0.7, "outer_momentum": 0.9})
     assert s == LocalSGD(DistributedOptimizer(False), every=3, outer_lr=0.7, outer_momentum=0.9)
-    assert s.outer_optimizer() == (0.7, 0.9)
+    assert s.outer_optimizer() == (0.7, 0.9, 0.0)
     nested = strategy_from_dict({"name": "chunked", "chunks": 2, "inner": {"name": "local_sgd", "every": 4}})
     assert nested == Chunked(LocalSGD(Hierarchical(), every=4), chunks=2)
     assert strategy_from_dict(nested.to_dict()) == nested  # round trip through plain data

@@ -114,7 +114,7 @@ def test_what_the_optimizer_sees_is_read_from_the_plan():
                                            "outer_momentum": 0.9}), topo, [[0, 1, 2, 3]], numels, cap)
     assert not local.sharded(0) and local.grad_divisor(0) == 2  # gradients: the two ranks of a site
     assert local.param_sync == "average" and local.param_divisor(0) == 2 and local.period == 5
-    assert local.outer == (0.7, 0.9) and local.param_due(10) and not local.param_due(11)
+    assert local.outer == (0.7, 0.9, 0.0) and local.param_due(10) and not local.param_due(11)
 
 
 def test_docs_strategy_table_is_generated_from_the_registry():

@@ -67,3 +67,18 @@ def test_streaming_local_sgd_trains_and_sends_the_plans_bytes(local_sgd_run, tmp
         assert max(r["wan_param_bytes"]) < whole["wan_param_bytes"][0]  # the lower peak
     div = [d for d in results[0]["divergence"] if d is not None]
     assert div and max(div) > 0 and all(r["losses"][0] != 0 for r in results)
+
+
+@pytest.mark.multiproc
+def test_streaming_local_sgd_overlaps_a_fragments_sync_with_the_next_step(tmp_path):
+    """delay 1 (the paper's tau): fragment 0's sync starts after update 0 and is applied after
+    update 1, while update 1's gradients sync on the other process groups; fragment 1 likewise
+    at updates 2 -> 3. Every sync completes (no interleaving of the two streams) with the
+    plan's bytes, one update late."""
+    assets = tiny_assets()
+    spec = {"name": "streaming_local_sgd", "every": 4, "fragments": 2, "delay": 1, "alpha": 0.5}
+    results = spawn_world(run, 4, args=(str(assets.root), str(tmp_path), spec, 2, {"max_steps": 4}), timeout_s=600)
+    for r in results:
+        assert r["wan_param_bytes"] == r["wan_param_bytes_plan"]
+        assert r["wan_param_bytes"][0::2] == [0, 0] and min(r["wan_param_bytes"][1::2]) > 0
+    assert all(d is not None and d > 0 for d in results[0]["divergence"][1::2])

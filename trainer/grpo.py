@@ -437,6 +437,7 @@ class GRPOTrainer:
             if reached(args.save_steps) or self.step == args.max_steps:  # every rank takes part
                 self.save(out)
         bar.close()
+        self.grad_sync.flush()  # a parameter sync overlapping the last steps completes
         if self.eval_dataset is not None:
             final = self.evaluate()
             self._log(self.step, final)

@@ -12,6 +12,7 @@ Call order in one step:
     finish(step)                   before optimizer.step(): gradients are final when it returns
     after_optimizer_step(...)      after optimizer.step() (parameter all-gather, local SGD average)
     reload_parameters()            after a checkpoint replaced the weights
+    flush()                        after the last step (an overlapped parameter sync completes)
 """
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ class GradientSync(Protocol):
     def reload_parameters(self) -> None:
         """The model's parameters were replaced (checkpoint loaded): refresh any copy of them."""
 
+    def flush(self) -> None:
+        """After the last step: complete any parameter sync still overlapping later steps."""
+
 
 class LocalSync:
     """One process: there is nothing to synchronise."""
@@ -82,4 +86,7 @@ class LocalSync:
         return optimizer_cls(params, **kwargs)
 
     def reload_parameters(self) -> None:
+        pass
+
+    def flush(self) -> None:
         pass

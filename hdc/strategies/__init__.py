@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from hdc.strategies.base import (REGISTRY, TIER_ORDER, Strategy, append_chunks, bucketed, by_site, knob_names,
-                                 knobs, make_strategy, register, strategy_from_dict, strategy_table, widest_tier)
+from hdc.strategies.base import (REGISTRY, TIER_ORDER, OuterStep, Strategy, append_chunks, bucketed, by_site,
+                                 knob_names, knobs, make_strategy, register, strategy_from_dict, strategy_table,
+                                 widest_tier)
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in ("base", "docs"):  # every other module here is a strategy
@@ -28,6 +29,6 @@ from hdc.strategies.local_sgd import LocalSGD  # noqa: E402
 
 STRATEGY_NAMES = tuple(REGISTRY)
 
-__all__ = ["REGISTRY", "STRATEGY_NAMES", "TIER_ORDER", "Strategy", "append_chunks", "bucketed", "by_site",
+__all__ = ["REGISTRY", "STRATEGY_NAMES", "TIER_ORDER", "OuterStep", "Strategy", "append_chunks", "bucketed", "by_site",
            "knob_names", "knobs", "make_strategy", "register", "strategy_from_dict", "strategy_table",
            "widest_tier", "Chunked", "DistributedOptimizer", "FlatRing", "Hierarchical", "LocalSGD"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, NamedTuple, Optional, Sequence
 
 from hdc.config import convert, fail
 from hdc.errors import UserError
@@ -22,6 +22,15 @@ from hdc.topology import Topology
 
 TIER_ORDER = ("intra_node", "intra_pod", "intra_site", "wan")
 REGISTRY: dict[str, type["Strategy"]] = {}
+
+
+class OuterStep(NamedTuple):
+    """The outer step replicas take after averaging their pseudo-gradients: SGD (Nesterov when
+    momentum > 0) on the anchor, then each replica's parameters become
+    (1 - alpha) x new anchor + alpha x its own current ones (torchft's fragment_update_alpha)."""
+    lr: float
+    momentum: float
+    alpha: float = 0.0
 
 
 def widest_tier(topology: Topology, group: Sequence[int]) -> str:
@@ -112,8 +121,8 @@ class Strategy:
         strategy's plan per bucket, bucket k's first steps waiting for 'bucket:k' (DDP-style)."""
         return bucketed(self, topology, groups, buckets, element_size), list(buckets)
 
-    def outer_optimizer(self) -> Optional[tuple[float, float]]:
-        """(lr, momentum) of the outer SGD step applied to averaged replicas (DiLoCo), if any."""
+    def outer_optimizer(self) -> Optional[OuterStep]:
+        """The outer step applied to averaged replicas (DiLoCo), if any."""
         return None
 
     def describe(self) -> str:
@@ -183,8 +192,9 @@ def strategy_from_dict(spec: Any, path: str = "strategy", lenient: bool = False)
         raise fail(f"{path}.{key}", f"not a knob of strategy {name}; its knobs: {', '.join(allowed) or 'none'}")
     try:
         return cls(**kwargs)
-    except UserError as e:
-        raise fail(path, str(e)) from None
+    except UserError as e:  # a check across knobs: "knob: ..." becomes "strategy.knob: ..."
+        field = str(e).split(":", 1)[0]
+        raise (UserError(f"{path}.{e}") if field in {f.name for f in _fields(cls)} else fail(path, str(e))) from None
 
 
 def knob_names(cls: type[Strategy]) -> set[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hdc.config import meta
-from hdc.strategies.base import Strategy, cross_site, groups_tier, inner_field, register
+from hdc.strategies.base import OuterStep, Strategy, cross_site, groups_tier, inner_field, register
 
 
 @register
@@ -38,7 +38,7 @@ class LocalSGD(Strategy):
                 else f", outer_lr={self.outer_lr:g}, outer_momentum={self.outer_momentum:g}")
 
     def outer_optimizer(self):
-        return self.outer_lr, self.outer_momentum
+        return OuterStep(self.outer_lr, self.outer_momentum)
 
     def build(self, plan, topology, groups):
         site_groups, across = cross_site(topology, groups, self.name)

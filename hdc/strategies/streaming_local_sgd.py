@@ -1,13 +1,16 @@
-"""streaming_local_sgd: Streaming DiLoCo (Douillard et al. 2025, arXiv:2501.18512) without the
-overlap. The inner strategy syncs gradients inside each site every step; the parameters are
-cut into `fragments`, and fragment p is averaged across sites (pseudo-gradient and outer step,
-as local_sgd) every `every` steps at its own offset p·every/fragments, so the WAN carries
-1/fragments of the model at a time instead of all of it every `every` steps — the paper's
-lower peak bandwidth. With `stride` > 1 a fragment is `stride` interleaved pieces of the buffer
-(the paper's strided layer pattern: fragment p holds pieces p, p+P, p+2P, ...).
+"""streaming_local_sgd: Streaming DiLoCo (Douillard et al. 2025, arXiv:2501.18512). The inner
+strategy syncs gradients inside each site every step; the parameters are cut into `fragments`,
+and fragment p is averaged across sites (pseudo-gradient and outer step, as local_sgd) every
+`every` steps at its own offset p·every/fragments, so the WAN carries 1/fragments of the model
+at a time instead of all of it every `every` steps — the paper's lower peak bandwidth. With
+`stride` > 1 a fragment is `stride` interleaved pieces of the buffer (the paper's strided layer
+pattern: fragment p holds pieces p, p+P, p+2P, ...).
 
-Not modelled (yet): the paper's overlap of a fragment's sync with the next tau inner steps and
-its mixing of local and global parameters; here a fragment's sync blocks the step it is due on.
+`delay` (the paper's tau; torchft's fragment_sync_delay): a fragment's sync starts after the
+optimizer step it is due on and overlaps the next `delay` inner steps (the plan's `lag`); then
+the outer step is applied and the fragment's parameters become (1 - alpha) x the new global
+values + alpha x the local ones trained meanwhile (`alpha`: torchft's fragment_update_alpha;
+0 keeps the global values). One fragment is in flight at a time: delay < every / fragments.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from dataclasses import dataclass
 
 from hdc.config import meta
 from hdc.plan import Plan, split
-from hdc.strategies.base import cross_site, groups_tier, register
+from hdc.errors import UserError
+from hdc.strategies.base import OuterStep, cross_site, groups_tier, register
 from hdc.strategies.local_sgd import LocalSGD
 
 
@@ -26,13 +30,27 @@ class StreamingLocalSGD(LocalSGD):
                           "own offset", default=4, ge=1, le=1024)
     stride: int = meta("streaming_local_sgd: interleaved pieces per fragment (1 = contiguous; the paper's "
                        "strided layers)", default=1, ge=1, le=1024)
+    delay: int = meta("streaming_local_sgd: inner steps a fragment's sync overlaps before it is applied (the "
+                      "paper's tau); must be < every / fragments", default=0, ge=0, le=1_000_000)
+    alpha: float = meta("streaming_local_sgd: weight of the local parameters when a delayed fragment is merged "
+                        "with the new global ones (0 = take the global ones)", default=0.0, ge=0, le=1)
     name = "streaming_local_sgd"
     order = 55
     summary = ("Streaming DiLoCo: local_sgd with the parameters in fragments, each averaged across sites "
                "every `every` steps at its own offset (1/fragments of the model on the WAN at a time)")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.delay and self.delay >= max(self.every // self.fragments, 1):
+            raise UserError(f"delay: must be < every / fragments = {self.every} / {self.fragments} (one fragment in "
+                            f"flight at a time), got {self.delay}")
+
     def _extra(self) -> str:
-        return f", fragments={self.fragments}" + (f", stride={self.stride}" if self.stride > 1 else "")
+        return (f", fragments={self.fragments}" + (f", stride={self.stride}" if self.stride > 1 else "")
+                + (f", delay={self.delay}, alpha={self.alpha:g}" if self.delay else ""))
+
+    def outer_optimizer(self):
+        return OuterStep(self.outer_lr, self.outer_momentum, self.alpha)
 
     def fragment_regions(self, numel: int) -> list[list[tuple[int, int]]]:
         """(offset, numel) pieces of each fragment: the buffer in fragments x stride pieces, dealt
@@ -68,8 +86,9 @@ class StreamingLocalSGD(LocalSGD):
                 x_groups, x_regions = across(n)
                 if not x_groups:
                     continue
+                due = {"phase": "param", "period": self.every, "offset": offset, "lag": self.delay, "chunk": p}
                 x = plan.add("all_reduce", x_groups, [(off + o, k) for o, k in x_regions], deps=after, tier="wan",
-                             phase="param", period=self.every, offset=offset, chunk=p, label=f"outer-ar-wan-f{p}")
+                             label=f"outer-ar-wan-f{p}", **due)
                 if local:
                     plan.add("all_gather", site_groups, [(off, n)] * len(site_groups), deps=(x.id,), tier=tier,
-                             phase="param", period=self.every, offset=offset, chunk=p, label=f"outer-ag-site-f{p}")
+                             label=f"outer-ag-site-f{p}", **due)

@@ -29,7 +29,7 @@ def grpo_args(out: str, world: int, **kw):
     return GRPOConfig(**{**base, **kw})
 
 
-def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites: int, extra: dict) -> dict:
+def run(rank: int, world: int, assets_root: str, out: str, strategy, sites: int, extra: dict) -> dict:
     """Train a few steps in this process (a world of `world`, or alone when world == 1)."""
     from trainer.data import load_jsonl
     from trainer.grpo import GRPOTrainer
@@ -39,7 +39,8 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites:
         from hdc.strategies import strategy_from_dict
         from trainer.distributed.grad_sync import DistGradientSync
 
-        spec = {"name": strategy, "chunks": 3, "every": 2, "fragments": 2}  # each knob where the strategy takes it
+        # a name gets these knobs where it takes them; a mapping is the whole strategy
+        spec = strategy if isinstance(strategy, dict) else {"name": strategy, "chunks": 3, "every": 2, "fragments": 2}
         sync = DistGradientSync(topology(sites, world // sites), strategy_from_dict(spec, lenient=True),
                                 micro_batches=2, bucket_cap_bytes=200_000, timeout_s=60)
     root = Path(assets_root)
@@ -60,8 +61,8 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites:
         if sync is not None:  # cross-site bytes of the parameter sync: measured by the executor, and the plan's
             plan = sync.plans.plan
             wan_bytes.append(sum(sp["bytes"] for sp in sync.last_param_spans if sp["tier"] == "wan"))
-            wan_plan.append(sum(n * plan.wire_bytes(st) for st in sync.plans.param_steps
-                                if st.tier == "wan" and st.active(update)
+            wan_plan.append(sum(n * plan.wire_bytes(st) for st in sync.plans.param_steps  # completed this update
+                                if st.tier == "wan" and update >= st.lag and st.active(update - st.lag)
                                 for g, (_, n) in zip(st.groups, st.regions) if rank in g))
     # numpy, not tensors: torch would pass tensors through shared memory that dies with the process
     weights = {k: v.detach().numpy().copy() for k, v in trainer.model.state_dict().items()}

@@ -99,16 +99,17 @@ class PlanExecutor:
     simulator's timeline schema: rank, kind, label, step_id, op, tier, phase, chunk, group,
     start_s, end_s (perf_counter seconds from the call's t0) and bytes (the group's region).
     Creating an executor creates the plan's process groups: a COLLECTIVE call, every rank
-    must build executors for the same plans in the same order.
+    must build executors for the same plans in the same order. Executors that run at the same
+    time (a parameter sync overlapping the next steps' gradient syncs) take different `stream`s.
     """
 
     def __init__(self, plan: Plan, groups: ProcessGroups, *, timeout_s: Optional[float] = None,
-                 kind: str = "dp_comm", poll_s: float = 50e-6):
-        self.plan, self.groups = plan, groups
+                 kind: str = "dp_comm", poll_s: float = 50e-6, stream: str = ""):
+        self.plan, self.groups, self.stream = plan, groups, stream
         self.rank = groups.rank
         self.timeout_s = groups.timeout_s if timeout_s is None else float(timeout_s)
         self.kind, self.poll_s = kind, poll_s
-        groups.for_plan(plan)
+        groups.for_plan(plan, stream)
         self._level = plan.depths()
         self._mine: dict[int, Optional[tuple[tuple[int, ...], tuple[int, int]]]] = {}
         for s in plan.steps:
@@ -302,7 +303,7 @@ class PlanExecutor:
                 scratch: list):
         """Issue one step; returns (work, finalize). Pooled tensors it uses go in `scratch`:
         the op holds them until it completes (a failed call drops them with the run)."""
-        pg = self.groups.get(group)
+        pg = self.groups.get(group, self.stream)
         gloo = self.groups.backend == "gloo"
 
         def take(numel: int) -> torch.Tensor:
@@ -389,7 +390,7 @@ class PlanExecutor:
         """A step on a lossy wire (hdc.wire): encoded shards as bytes through one all-to-all
         (reduce-scatter: each owner decodes and sums in fp32 in member order) or one all-gather
         (every member, the owner too, writes the decoded shards)."""
-        pg = self.groups.get(group)
+        pg = self.groups.get(group, self.stream)
         p, shards = len(group), split(n, len(group))
         m = -(-n // p)
         width = payload_bytes(m, wire)

@@ -19,7 +19,9 @@ strategy's class:
                      parameters; with a plain optimizer finish() all-gathers the gradients.
   param_sync average the 'param' steps sum replicas across sites every `period` steps: the
                      sync sums pseudo-gradients (anchor - parameters), divides, and applies the
-                     outer step (plain average, or DiLoCo's Nesterov SGD) to the anchor.
+                     outer step (plain average, or DiLoCo's Nesterov SGD) to the anchor; steps
+                     with a `lag` overlap the next steps (on their own process groups) and are
+                     applied `lag` steps later (streaming_local_sgd's delay).
 
 Call order per update (see trainer/sync.py):
     attach(model) once; then per update: backward + after_backward(model) per micro-batch,
@@ -122,6 +124,7 @@ class DistGradientSync:
         self._backward_count = 0
         self._late: Optional[str] = None
         self._sharded = None  # the ShardedOptimizer, once make_optimizer/shard_optimizer built it
+        self._pending: Optional[dict] = None  # an outer sync in flight: started on one step, applied `lag` later
         self.buckets: list[_Bucket] = []
 
     @classmethod
@@ -166,7 +169,11 @@ class DistGradientSync:
         self.owned = self.plans.owned(self.rank)
         self.divisor = self.plans.grad_divisor(self.rank)
         self.grad_exec = PlanExecutor(plan, self.groups, timeout_s=self.timeout_s)
-        self.param_exec = (PlanExecutor(plan, self.groups, timeout_s=self.timeout_s, kind="dp_param")
+        # a parameter sync that overlaps later steps (lag) runs on its own process groups, so its
+        # collectives never interleave with the gradient syncs issued meanwhile
+        overlapped = any(s.lag for s in self.plans.param_steps)
+        self.param_exec = (PlanExecutor(plan, self.groups, timeout_s=self.timeout_s, kind="dp_param",
+                                        stream="param" if overlapped else "")
                            if self.plans.param_sync else None)
         grad_dtype = getattr(torch, self.grad_dtype) if self.grad_dtype != "float32" else self.dtype
         self.grad_buffers = [torch.zeros(b.numel, dtype=grad_dtype, device=self.device) for b in self.buckets]
@@ -191,6 +198,8 @@ class DistGradientSync:
 
     def after_backward(self, model: torch.nn.Module) -> None:
         self._backward_count += 1
+        if self._pending is not None:  # let an overlapped parameter sync issue its next steps
+            self.param_exec.poll()
 
     def set_sync(self, enabled: Optional[bool]) -> None:
         """Force (True) or suppress (False) bucket sync in the following backward passes, like
@@ -236,8 +245,19 @@ class DistGradientSync:
             self.last_param_spans = [dict(s, train_step=step) for s in
                                      self.param_exec.run(self.param_buffers, step, "param")]
             self._buffers_to_params()
-        elif kind == "average" and self.plans.param_due(step):
-            self._outer_sync(step)
+        elif kind == "average":
+            if self._pending is not None and step >= self._pending["apply_at"]:
+                self._finish_outer_sync()
+            if self.plans.param_due(step):
+                self._start_outer_sync(step)
+                if self._pending["apply_at"] <= step:
+                    self._finish_outer_sync()
+
+    def flush(self) -> None:
+        """Complete an outer sync still overlapping the steps after it (call after the last
+        step: the replicas then agree on every fragment)."""
+        if self._pending is not None:
+            self._finish_outer_sync()
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         if not values:
@@ -370,23 +390,32 @@ class DistGradientSync:
             out.append((pos, self.plans.plan.numel - pos))
         return out
 
-    def _outer_sync(self, step: int) -> None:
-        """Sum the replicas' pseudo-gradients (anchor - parameters) with the plan's parameter
-        steps due at `step`, average them and step the anchor where they ran (all of the buffer
-        for local_sgd, one fragment for streaming_local_sgd): SGD with Nesterov momentum
-        (torch.optim.SGD's update: buf = m·buf + g; p -= lr·(g + m·buf)), lr 1 and m 0 being a
-        plain average. Every replica continues from the new anchor there."""
-        regions = self._due_regions(step)
+    def _start_outer_sync(self, step: int) -> None:
+        """Start summing the replicas' pseudo-gradients (anchor - parameters) with the plan's
+        parameter steps due at `step` (all of the buffer for local_sgd, one fragment for
+        streaming_local_sgd); they are applied by `_finish_outer_sync`, now or `lag` steps later."""
         self._params_to(self.param_buffers)
         local = torch.cat(self.param_buffers).float()
         self._split_into(self.param_buffers, self._anchor - local)
-        self.last_param_spans = [dict(s, train_step=step) for s in
-                                 self.param_exec.run(self.param_buffers, step, "param")]
+        lag = max(s.lag for s in self.plans.param_steps if s.active(step))
+        self.param_exec.start(self.param_buffers, step, "param")
+        self._pending = {"step": step, "apply_at": step + lag, "regions": self._due_regions(step), "local": local}
+
+    def _finish_outer_sync(self) -> None:
+        """Wait for the pseudo-gradient sum, average it, step the anchor where it ran — SGD with
+        Nesterov momentum (torch.optim.SGD's update: buf = m·buf + g; p -= lr·(g + m·buf)), lr 1
+        and m 0 being a plain average — and set those parameters to (1 - alpha) x the new anchor
+        + alpha x their current local values (torchft's fragment_update_alpha; 0 by default)."""
+        pending, self._pending = self._pending, None
+        step, local = pending["step"], pending["local"]
+        self.last_param_spans = [dict(s, train_step=step) for s in self.param_exec.wait()]
         summed = torch.cat(self.param_buffers).float()
-        lr, momentum = self.plans.outer or (1.0, 0.0)
+        self._params_to(self.param_buffers)
+        now = torch.cat(self.param_buffers).float()  # the local parameters after the overlapped steps
+        lr, momentum, alpha = self.plans.outer or (1.0, 0.0, 0.0)
         divisor = self.plans.param_divisor(self.rank)
-        new, diverged = local.clone(), 0.0
-        for off, n in regions:
+        diverged = 0.0
+        for off, n in pending["regions"]:
             sl = slice(off, off + n)
             mean = summed[sl] / divisor
             diverged += float(torch.sum((local[sl] - (self._anchor[sl] - mean)) ** 2))
@@ -395,9 +424,9 @@ class DistGradientSync:
                 self._momentum[sl].mul_(momentum).add_(mean)
                 update = mean + momentum * self._momentum[sl]
             self._anchor[sl] -= lr * update
-            new[sl] = self._anchor[sl]
+            now[sl] = torch.lerp(self._anchor[sl], now[sl], alpha) if alpha else self._anchor[sl]
         self.last_divergence = diverged ** 0.5
-        self._split_into(self.param_buffers, new)
+        self._split_into(self.param_buffers, now)
         self._buffers_to_params()
 
     def _due_regions(self, step: int) -> list[tuple[int, int]]:

@@ -96,21 +96,24 @@ class ProcessGroups:
         self.created: list[tuple[int, ...]] = []  # in creation order (identical on every rank)
 
     # ------------------------------------------------------------------ core
-    def get(self, ranks: Iterable[int]):
+    def get(self, ranks: Iterable[int], stream: str = ""):
         """The process group of `ranks`, created on first use. COLLECTIVE on first use: every
-        rank must ask for the same new groups in the same order. None for fewer than 2 ranks."""
-        key = tuple(sorted(set(int(r) for r in ranks)))
-        if len(key) < 2:
+        rank must ask for the same new groups in the same order. None for fewer than 2 ranks.
+        `stream` names an independent set of groups: collectives issued on another stream never
+        queue behind (or interleave with) this one's, so two executors may run at once."""
+        members = tuple(sorted(set(int(r) for r in ranks)))
+        if len(members) < 2:
             return None
+        key = (stream, members) if stream else members
         if key in self._cache:
             return self._cache[key]
-        bad = [r for r in key if not 0 <= r < self.world_size]
+        bad = [r for r in members if not 0 <= r < self.world_size]
         if bad:
-            raise UserError(f"group {list(key)}: ranks {bad} are outside the world (0..{self.world_size - 1})")
-        if key == tuple(range(self.world_size)) and self.backend == str(dist.get_backend()):
+            raise UserError(f"group {list(members)}: ranks {bad} are outside the world (0..{self.world_size - 1})")
+        if not stream and members == tuple(range(self.world_size)) and self.backend == str(dist.get_backend()):
             pg = dist.group.WORLD
         else:
-            pg = dist.new_group(list(key), timeout=datetime.timedelta(seconds=self.timeout_s),
+            pg = dist.new_group(list(members), timeout=datetime.timedelta(seconds=self.timeout_s),
                                 backend=self.backend)
         self._cache[key] = pg
         self.created.append(key)
@@ -120,11 +123,11 @@ class ProcessGroups:
         """Global ranks of a group in process-group rank order (torch sorts them)."""
         return sorted(set(int(r) for r in ranks))
 
-    def for_plan(self, plan: Plan) -> None:
+    def for_plan(self, plan: Plan, stream: str = "") -> None:
         """Create every group the plan's steps use, in step order (COLLECTIVE)."""
         for step in plan.steps:
             for g in step.groups:
-                self.get(g)
+                self.get(g, stream)
 
     # ------------------------------------------------------------------ named families
     def _topo(self) -> Topology:
