@@ -107,3 +107,22 @@ def bucket_plans(strategy: Strategy, topology: Topology, groups: Sequence[Sequen
     wires = {"grad": grad_wire, "param": param_wire or grad_wire}
     plan.steps = [s if s.wire else replace(s, wire=wires[s.phase]) for s in plan.steps]
     return SyncPlans(plan, tuple(triggers), strategy.outer_optimizer())
+
+
+# With distributed.shard_within_site, FSDP2 does every step inside a site (reduce-scatter of
+# gradients, all-gather of parameters) and the strategy plans only the cross-site step, over
+# the cross-site groups (rank j of every site) and a buffer of one rank's shard.
+HSDP_REFUSED = {
+    "flat_ring": "one ring over every rank has no in-site phase for FSDP2 to do; use hierarchical",
+    "distributed_optimizer": "FSDP2 already shards the optimizer state inside each site; use hierarchical",
+}
+
+
+def shard_within_site_problem(strategy: Strategy) -> Optional[str]:
+    """Why `strategy` (or a strategy it wraps) cannot run on FSDP2 shards, or None."""
+    s: Optional[Strategy] = strategy
+    while s is not None:
+        if s.name in HSDP_REFUSED:
+            return f"{s.name}: {HSDP_REFUSED[s.name]}"
+        s = getattr(s, "inner", None)
+    return None

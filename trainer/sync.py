@@ -12,10 +12,13 @@ Call order in one step:
     finish(step)                   before optimizer.step(): gradients are final when it returns
     after_optimizer_step(...)      after optimizer.step() (parameter all-gather, local SGD average)
     reload_parameters()            after a checkpoint replaced the weights
+    with full_parameters(model):   around generation and evaluation (forward passes whose number
+                                   differs between processes): a sharded model gathers its weights
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import contextlib
+from typing import ContextManager, Protocol, runtime_checkable
 
 import torch
 
@@ -54,6 +57,10 @@ class GradientSync(Protocol):
     def reload_parameters(self) -> None:
         """The model's parameters were replaced (checkpoint loaded): refresh any copy of them."""
 
+    def full_parameters(self, model: torch.nn.Module) -> ContextManager[torch.nn.Module]:
+        """A block in which every process holds the model's full parameters (a sharded model
+        all-gathers them once; otherwise nothing happens)."""
+
 
 class LocalSync:
     """One process: there is nothing to synchronise."""
@@ -83,3 +90,6 @@ class LocalSync:
 
     def reload_parameters(self) -> None:
         pass
+
+    def full_parameters(self, model: torch.nn.Module) -> ContextManager[torch.nn.Module]:
+        return contextlib.nullcontext(model)

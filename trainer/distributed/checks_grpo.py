@@ -29,8 +29,10 @@ def grpo_args(out: str, world: int, **kw):
     return GRPOConfig(**{**base, **kw})
 
 
-def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites: int, extra: dict) -> dict:
-    """Train a few steps in this process (a world of `world`, or alone when world == 1)."""
+def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites: int, extra: dict,
+        shard_within_site: bool = False) -> dict:
+    """Train a few steps in this process (a world of `world`, or alone when world == 1); with
+    `shard_within_site`, FSDP2 shards the model inside each site (HSDPGradientSync)."""
     from trainer.data import load_jsonl
     from trainer.grpo import GRPOTrainer
 
@@ -39,9 +41,12 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites:
         from hdc.strategies import strategy_from_dict
         from trainer.distributed.grad_sync import DistGradientSync
 
+        from trainer.distributed.hsdp import HSDPGradientSync
+
         spec = {"name": strategy, "chunks": 3, "every": 2}  # each knob where the strategy takes it
-        sync = DistGradientSync(topology(sites, world // sites), strategy_from_dict(spec, lenient=True),
-                                micro_batches=2, bucket_cap_bytes=200_000, timeout_s=60)
+        topo, chosen = topology(sites, world // sites), strategy_from_dict(spec, lenient=True)
+        sync = (HSDPGradientSync(topo, chosen, micro_batches=2, timeout_s=60) if shard_within_site else
+                DistGradientSync(topo, chosen, micro_batches=2, bucket_cap_bytes=200_000, timeout_s=60))
     root = Path(assets_root)
     # length varies within every group, so every step has a gradient (accuracy alone may be all-equal)
     trainer = GRPOTrainer(model=str(root / "sft"), reward_funcs=["accuracy", "format", "length"],
@@ -54,7 +59,9 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites:
         losses.append(m["loss"])
         divergence.append(getattr(sync, "last_divergence", None))
     # numpy, not tensors: torch would pass tensors through shared memory that dies with the process
-    weights = {k: v.detach().numpy().copy() for k, v in trainer.model.state_dict().items()}
+    from trainer.checkpoint import full_state_dict
+
+    weights = {k: v.detach().numpy().copy() for k, v in full_state_dict(trainer.model).items()}
     start = {k: v.numpy() for k, v in type(trainer.model).from_pretrained(str(root / "sft")).state_dict().items()}
     moved = max(float(abs(weights[k] - start[k]).max()) for k in start)
     return {"losses": losses, "weights": weights if rank == 0 else None, "divergence": divergence, "moved": moved}

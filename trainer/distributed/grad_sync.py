@@ -27,6 +27,7 @@ Call order per update (see trainer/sync.py):
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Optional, Sequence, Union
 
@@ -193,6 +194,10 @@ class DistGradientSync:
 
     def after_backward(self, model: torch.nn.Module) -> None:
         self._backward_count += 1
+
+    def full_parameters(self, model: torch.nn.Module):
+        """Every replica already holds its full parameters."""
+        return contextlib.nullcontext(model)
 
     def set_sync(self, enabled: Optional[bool]) -> None:
         """Force (True) or suppress (False) bucket sync in the following backward passes, like
