@@ -126,3 +126,14 @@ def shard_within_site_problem(strategy: Strategy) -> Optional[str]:
             return f"{s.name}: {HSDP_REFUSED[s.name]}"
         s = getattr(s, "inner", None)
     return None
+
+
+def check_shard_topology(topology: Topology) -> None:
+    """Sharding inside sites needs the same number of ranks in every site (rank j of each site
+    holds the same shard, so the cross-site groups sum like shards), at least 2 (something to
+    shard). FSDP2 pads dim 0 to a multiple of the site size, so no site size is refused for
+    the shapes of a model."""
+    sizes = [len(topology.site_gpus(s)) for s in range(len(topology.sites))]
+    if len(set(sizes)) > 1 or sizes[0] < 2:
+        raise UserError(f"distributed.shard_within_site: every site needs the same number of ranks, at least 2; "
+                        f"topology {topology.name} has {', '.join(map(str, sizes))}")

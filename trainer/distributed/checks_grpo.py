@@ -29,9 +29,9 @@ def grpo_args(out: str, world: int, **kw):
     return GRPOConfig(**{**base, **kw})
 
 
-def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites: int, extra: dict,
-        shard_within_site: bool = False) -> dict:
-    """Train a few steps in this process (a world of `world`, or alone when world == 1); with
+def build(rank: int, world: int, assets_root: str, out: str, strategy: str, sites: int, extra: dict,
+          shard_within_site: bool = False):
+    """The GRPOTrainer of this process (a world of `world`, or alone when world == 1); with
     `shard_within_site`, FSDP2 shards the model inside each site (HSDPGradientSync)."""
     from trainer.data import load_jsonl
     from trainer.grpo import GRPOTrainer
@@ -40,7 +40,6 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites:
     if world > 1:
         from hdc.strategies import strategy_from_dict
         from trainer.distributed.grad_sync import DistGradientSync
-
         from trainer.distributed.hsdp import HSDPGradientSync
 
         spec = {"name": strategy, "chunks": 3, "every": 2}  # each knob where the strategy takes it
@@ -49,9 +48,16 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites:
                 DistGradientSync(topo, chosen, micro_batches=2, bucket_cap_bytes=200_000, timeout_s=60))
     root = Path(assets_root)
     # length varies within every group, so every step has a gradient (accuracy alone may be all-equal)
-    trainer = GRPOTrainer(model=str(root / "sft"), reward_funcs=["accuracy", "format", "length"],
-                          args=grpo_args(out, world, **extra), train_dataset=load_jsonl(str(root / "data" / "train.jsonl")),
-                          grad_sync=sync)
+    return GRPOTrainer(model=str(root / "sft"), reward_funcs=["accuracy", "format", "length"],
+                       args=grpo_args(out, world, **extra), train_dataset=load_jsonl(str(root / "data" / "train.jsonl")),
+                       grad_sync=sync)
+
+
+def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites: int, extra: dict,
+        shard_within_site: bool = False) -> dict:
+    """Train a few steps in this process (see build)."""
+    trainer = build(rank, world, assets_root, out, strategy, sites, extra, shard_within_site)
+    sync = trainer.grad_sync
     losses, divergence = [], []
     while trainer.step < trainer.args.max_steps:
         m = trainer.train_step()
@@ -59,10 +65,12 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy: str, sites:
         losses.append(m["loss"])
         divergence.append(getattr(sync, "last_divergence", None))
     # numpy, not tensors: torch would pass tensors through shared memory that dies with the process
+    from transformers import AutoModelForCausalLM
+
     from trainer.checkpoint import full_state_dict
 
     weights = {k: v.detach().numpy().copy() for k, v in full_state_dict(trainer.model).items()}
-    start = {k: v.numpy() for k, v in type(trainer.model).from_pretrained(str(root / "sft")).state_dict().items()}
+    start = {k: v.numpy() for k, v in AutoModelForCausalLM.from_pretrained(trainer.model_path).state_dict().items()}
     moved = max(float(abs(weights[k] - start[k]).max()) for k in start)
     return {"losses": losses, "weights": weights if rank == 0 else None, "divergence": divergence, "moved": moved}
 

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from hdc.errors import UserError
 from hdc.plan import WIRE_OF_ELEMENT_SIZE
 from hdc.strategies import Strategy, make_strategy
-from hdc.sync import GRAD_DTYPES, SyncPlans, bucket_plans, shard_within_site_problem
+from hdc.sync import GRAD_DTYPES, SyncPlans, bucket_plans, check_shard_topology, shard_within_site_problem
 from hdc.topology import Topology
 from trainer.distributed.executor import PlanExecutor
 from trainer.distributed.grad_sync import DistGradientSync
@@ -48,15 +48,6 @@ def padded_shard_numel(shape: Sequence[int], shards: int) -> int:
     (torch fsdp `_get_dim0_padded_size`), divided by `shards`."""
     rows = math.ceil(shape[0] / shards) if shape else 1
     return rows * math.prod(shape[1:])
-
-
-def check_topology(topology: Topology) -> None:
-    """Sharding inside sites needs >= 2 ranks in every site, the same number in each (rank j of
-    every site holds the same shard, so the cross-site groups add like shards)."""
-    sizes = [len(topology.site_gpus(s)) for s in range(len(topology.sites))]
-    if len(set(sizes)) > 1 or sizes[0] < 2:
-        raise UserError(f"distributed.shard_within_site: every site needs the same number of ranks, at least 2; "
-                        f"topology {topology.name} has {', '.join(map(str, sizes))}")
 
 
 class _Group:
@@ -98,7 +89,7 @@ class HSDPGradientSync:
         if problem:
             raise UserError(f"distributed.shard_within_site: true does not work with strategy "
                             f"{self.strategy.describe()} ({problem})")
-        check_topology(topology)
+        check_shard_topology(topology)
         if grad_dtype not in GRAD_DTYPES:
             raise UserError(f"grad_dtype: must be one of {', '.join(GRAD_DTYPES)}, got {grad_dtype!r}")
         if micro_batches < 1:
