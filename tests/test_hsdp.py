@@ -91,7 +91,7 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("strategy", ["hierarchical", "chunked"])
+@pytest.mark.parametrize("strategy", ["hierarchical", pytest.param("chunked", marks=pytest.mark.slow)])
 def test_sharded_run_matches_single_process(reference, strategy, tmp_path):
     results = spawn_world(run, 4, args=(str(tiny_assets().root), str(tmp_path), strategy, 2, {}, True), timeout_s=600)
     for r in results:
@@ -107,7 +107,7 @@ def test_sharded_local_sgd_averages_shards_and_compressed_trains(tmp_path):
     root = str(tiny_assets().root)
     local = spawn_world(run, 4, args=(root, str(tmp_path / "l"), "local_sgd", 2, {"max_steps": 4}, True), timeout_s=600)
     div = [d for d in local[0]["divergence"] if d is not None]
-    assert len(div) == 2 and max(div) > 0, "two outer syncs (every 2 of 4 steps), the sites had drifted apart"
+    assert len(set(div)) == 2 and min(div) > 0, "two outer syncs (every 2 of 4 steps), the sites had drifted apart"
     lossy = spawn_world(run, 4, args=(root, str(tmp_path / "c"), "compressed", 2, {}, True), timeout_s=600)
     assert lossy[0]["moved"] > 1e-4
 

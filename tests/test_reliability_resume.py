@@ -64,10 +64,10 @@ class _Tiny(torch.nn.Module):
         super().__init__()
         self.lin = torch.nn.Linear(4, 4)
 
-    def save_pretrained(self, path, safe_serialization=True):
+    def save_pretrained(self, path, state_dict=None, safe_serialization=True):  # transformers' signature
         from safetensors.torch import save_file
 
-        save_file(self.state_dict(), str(Path(path) / "model.safetensors"))
+        save_file(state_dict if state_dict is not None else self.state_dict(), str(Path(path) / "model.safetensors"))
 
 
 def _parts():

@@ -121,6 +121,9 @@ class HSDPGradientSync:
         if not params:
             raise UserError("model: has no parameters that require grad")
         self.dtype = params[0].dtype
+        if self.dtype == torch.float16 and self.grad_dtype == "float32":  # FSDP2 pre/post-scales fp16 reductions
+            raise UserError("model.dtype: float16 with distributed.shard_within_site reduces gradients in float16, "
+                            "which FSDP2 scales around the hook; use bfloat16 or float32")
         self._broadcast(model)  # every replica starts from rank 0's weights (as DDP does)
         site = self.groups.my_site()
         site_pgs = [self.groups.get(ranks) for ranks in self.groups.site_ranks()]  # every rank, same order
