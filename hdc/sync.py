@@ -118,14 +118,14 @@ HSDP_REFUSED = {
 }
 
 
-def shard_within_site_problem(strategy: Strategy) -> Optional[str]:
-    """Why `strategy` (or a strategy it wraps) cannot run on FSDP2 shards, or None."""
+def check_shard_strategy(strategy: Strategy, path: str = "distributed.shard_within_site") -> None:
+    """A UserError naming `path` if `strategy` (or a strategy it wraps) cannot run on FSDP2 shards."""
     s: Optional[Strategy] = strategy
     while s is not None:
         if s.name in HSDP_REFUSED:
-            return f"{s.name}: {HSDP_REFUSED[s.name]}"
+            raise UserError(f"{path}: true does not work with strategy {strategy.describe()} "
+                            f"({s.name}: {HSDP_REFUSED[s.name]})")
         s = getattr(s, "inner", None)
-    return None
 
 
 def check_shard_topology(topology: Topology) -> None:

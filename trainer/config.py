@@ -27,7 +27,7 @@ from typing import Any
 from hdc.config import convert_fields, fail, from_dict, load_yaml, meta, set_dotted, to_dict
 from hdc.errors import UserError
 from hdc.strategies import STRATEGY_NAMES, knobs, strategy_from_dict
-from hdc.sync import GRAD_DTYPES, shard_within_site_problem
+from hdc.sync import GRAD_DTYPES, check_shard_strategy
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
@@ -323,10 +323,8 @@ class _DistributedBase:
 
     def validate(self, path: str = "") -> None:
         strategy = self.build_strategy(path or "distributed")
-        problem = shard_within_site_problem(strategy) if self.shard_within_site else None
-        if problem:
-            raise fail(f"{path or 'distributed'}.shard_within_site",
-                       f"true does not work with strategy {strategy.describe()} ({problem})")
+        if self.shard_within_site:
+            check_shard_strategy(strategy, f"{path or 'distributed'}.shard_within_site")
 
 
 def _knob_fields() -> list:

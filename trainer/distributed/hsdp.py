@@ -36,7 +36,7 @@ import torch.distributed as dist
 from hdc.errors import UserError
 from hdc.plan import WIRE_OF_ELEMENT_SIZE
 from hdc.strategies import Strategy, make_strategy
-from hdc.sync import GRAD_DTYPES, SyncPlans, bucket_plans, check_shard_topology, shard_within_site_problem
+from hdc.sync import GRAD_DTYPES, SyncPlans, bucket_plans, check_shard_strategy, check_shard_topology
 from hdc.topology import Topology
 from trainer.distributed.executor import PlanExecutor
 from trainer.distributed.grad_sync import DistGradientSync
@@ -54,8 +54,8 @@ class _Group:
     """One FSDP group (a fully_shard module's own parameters): its region [start, start + numel)
     of the flat shard buffer, and each parameter's padded slot in it."""
 
-    def __init__(self, module, params: list[torch.nn.Parameter], start: int, shards: int):
-        self.module, self.params, self.start = module, params, start
+    def __init__(self, params: list[torch.nn.Parameter], start: int, shards: int):
+        self.start = start
         self.slots = []  # (param, offset in the flat buffer)
         off = start
         for p in params:
@@ -85,10 +85,7 @@ class HSDPGradientSync:
                  timeout_s: float = DEFAULT_TIMEOUT_S, backend: Optional[str] = None,
                  groups: Optional[ProcessGroups] = None, grad_dtype: str = "float32"):
         self.strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
-        problem = shard_within_site_problem(self.strategy)
-        if problem:
-            raise UserError(f"distributed.shard_within_site: true does not work with strategy "
-                            f"{self.strategy.describe()} ({problem})")
+        check_shard_strategy(self.strategy)
         check_shard_topology(topology)
         if grad_dtype not in GRAD_DTYPES:
             raise UserError(f"grad_dtype: must be one of {', '.join(GRAD_DTYPES)}, got {grad_dtype!r}")
@@ -143,7 +140,7 @@ class HSDPGradientSync:
             mine = [p for p in module.parameters() if p.requires_grad and id(p) not in owned]
             owned |= {id(p) for p in mine}
             if mine:
-                g = _Group(module, mine, start, self.shards)
+                g = _Group(mine, start, self.shards)
                 self.fsdp_groups.append(g)
                 start += g.numel
                 module.set_all_reduce_hook(self._hook(g))
