@@ -30,9 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_recipe(path: Path, assets, max_steps: int, save_steps: int = 1, save_total_limit: int | None = 2,
-                 timeout_s: float = 60.0, strategy: str = "flat_ring") -> Path:
+                 timeout_s: float = 60.0, strategy: str = "flat_ring", distributed: dict | None = None,
+                 batch_size: int = 8) -> Path:
     """A small recipe on trainer.testing.tiny_assets(): 16-token completions scored by the
-    length reward (varied rewards, so every step really moves the weights)."""
+    length reward (varied rewards, so every step really moves the weights); `distributed`
+    adds fields to that section (e.g. topology, shard_within_site)."""
     import yaml
 
     recipe = {
@@ -41,10 +43,10 @@ def write_recipe(path: Path, assets, max_steps: int, save_steps: int = 1, save_t
         "rewards": [{"func": "length", "weight": 1.0, "params": {"target_length": 24}}],
         "grpo": {"learning_rate": 1e-3, "lr_scheduler_type": "linear", "max_steps": max_steps,
                  "save_steps": save_steps, "save_total_limit": save_total_limit, "num_generations": 4,
-                 "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_completion_length": 16,
+                 "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": 1, "max_completion_length": 16,
                  "max_prompt_length": 64, "loss_type": "dr_grpo", "log_completions": False, "seed": 0,
                  "torch_num_threads": 1},
-        "distributed": {"timeout_s": timeout_s, "strategy": strategy},
+        "distributed": {"timeout_s": timeout_s, "strategy": strategy, **(distributed or {})},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))

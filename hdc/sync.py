@@ -107,3 +107,34 @@ def bucket_plans(strategy: Strategy, topology: Topology, groups: Sequence[Sequen
     wires = {"grad": grad_wire, "param": param_wire or grad_wire}
     plan.steps = [s if s.wire else replace(s, wire=wires[s.phase]) for s in plan.steps]
     return SyncPlans(plan, tuple(triggers), strategy.outer_optimizer())
+
+
+# With distributed.shard_within_site, FSDP2 does every step inside a site (reduce-scatter of
+# gradients, all-gather of parameters) and the strategy plans only the cross-site step, over
+# the cross-site groups (rank j of every site) and a buffer of one rank's shard.
+HSDP_REFUSED = {
+    "flat_ring": "one ring over every rank has no in-site phase for FSDP2 to do; use hierarchical",
+    "distributed_optimizer": "FSDP2 already shards the optimizer state inside each site; use hierarchical",
+    "streaming_local_sgd": "fragment syncs of sharded parameters are not supported yet; use local_sgd",
+}
+
+
+def check_shard_strategy(strategy: Strategy, path: str = "distributed.shard_within_site") -> None:
+    """A UserError naming `path` if `strategy` (or a strategy it wraps) cannot run on FSDP2 shards."""
+    s: Optional[Strategy] = strategy
+    while s is not None:
+        if s.name in HSDP_REFUSED:
+            raise UserError(f"{path}: true does not work with strategy {strategy.describe()} "
+                            f"({s.name}: {HSDP_REFUSED[s.name]})")
+        s = getattr(s, "inner", None)
+
+
+def check_shard_topology(topology: Topology) -> None:
+    """Sharding inside sites needs the same number of ranks in every site (rank j of each site
+    holds the same shard, so the cross-site groups sum like shards), at least 2 (something to
+    shard). FSDP2 pads dim 0 to a multiple of the site size, so no site size is refused for
+    the shapes of a model."""
+    sizes = [len(topology.site_gpus(s)) for s in range(len(topology.sites))]
+    if len(set(sizes)) > 1 or sizes[0] < 2:
+        raise UserError(f"distributed.shard_within_site: every site needs the same number of ranks, at least 2; "
+                        f"topology {topology.name} has {', '.join(map(str, sizes))}")

@@ -24,9 +24,9 @@ def assets():
     return tiny_assets(sft_steps=1, num_train=200)  # a few seconds to build; the length reward needs no warm start
 
 
-def kill_after_step_5_and_resume(tmp_path: Path, nproc=None, strategy="flat_ring"):
+def kill_after_step_5_and_resume(tmp_path: Path, nproc=None, strategy="flat_ring", **recipe_kw):
     recipe = ks.write_recipe(tmp_path / "recipe.yaml", assets(), max_steps=10, save_steps=5, save_total_limit=None,
-                             strategy=strategy)
+                             strategy=strategy, **recipe_kw)
     done = ks.run_train(recipe, tmp_path / "straight", nproc=nproc)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
@@ -64,10 +64,10 @@ class _Tiny(torch.nn.Module):
         super().__init__()
         self.lin = torch.nn.Linear(4, 4)
 
-    def save_pretrained(self, path, safe_serialization=True):
+    def save_pretrained(self, path, state_dict=None, safe_serialization=True):  # transformers' signature
         from safetensors.torch import save_file
 
-        save_file(self.state_dict(), str(Path(path) / "model.safetensors"))
+        save_file(state_dict if state_dict is not None else self.state_dict(), str(Path(path) / "model.safetensors"))
 
 
 def _parts():

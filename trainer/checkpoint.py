@@ -3,7 +3,8 @@
 Layout of OUT/checkpoints/:
 
     step-00000042/          model.safetensors + config + tokenizer (save_pretrained),
-                            optimizer.pt        (or optimizer.rank{r}.pt: one shard per rank, ZeRO-1)
+                            optimizer.pt        (or optimizer.rank{r}.pt: one shard per rank, ZeRO-1 or
+                                                 FSDP2 with distributed.shard_within_site)
                             scheduler.pt, trainer_state.json,
                             rng.pt              (rank 0; rng.rank{r}.pt for the other ranks)
                             manifest.json       size and sha256 of every file above, written last
@@ -70,13 +71,13 @@ def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer, optimizer,
         tmp.mkdir(parents=True)
     barrier()  # the directory exists (and holds no stale files) before any rank writes into it
     _save_torch(rng_state(), tmp / rng_file(rank))
-    if sharded_optimizer:  # ZeRO-1: the moments and the fp32 master copy of this rank's shard
-        _save_torch({"state": optimizer.state_dict(), "master_shard": optimizer.shard.detach().clone()},
-                    tmp / optimizer_shard_file(rank))
+    if sharded_optimizer:  # ZeRO-1 or FSDP2: the optimizer's state (and master copy) of this rank's shard
+        _save_torch({"state": optimizer.state_dict()}, tmp / optimizer_shard_file(rank))
+    weights = full_state_dict(model)  # every rank takes part when the model is sharded (FSDP2)
     barrier()  # every rank's files are on disk before rank 0 seals the checkpoint
     if rank != 0:
         return final
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if not sharded_optimizer:
@@ -100,6 +101,24 @@ def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer, optimizer,
         for old in list_checkpoints(out_dir)[:-keep]:
             _discard(old)
     return final
+
+
+def full_state_dict(model) -> dict:
+    """The model's state dict with full tensors: a DTensor (an FSDP2 shard) is all-gathered, a
+    COLLECTIVE over its mesh, so every rank holding shards must call this."""
+    from torch.distributed.tensor import DTensor
+
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}
+
+
+def as_model_placement(model, weights: dict) -> dict:
+    """Full tensors (from safetensors) laid out as the model holds them: where the model has a
+    DTensor, this rank's shard of the full tensor (cut locally, no communication)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    held = model.state_dict()
+    return {k: distribute_tensor(v, held[k].device_mesh, held[k].placements, src_data_rank=None)
+            if isinstance(held.get(k), DTensor) else v for k, v in weights.items()}
 
 
 def rng_state() -> dict:
@@ -201,7 +220,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, *, rank: int 
                         f"{'with' if saved_sharded else 'without'} the distributed optimizer; this run has "
                         f"{world_size} {'with' if sharded_optimizer else 'without'} it (optimizer shards differ)")
     refuse_pickled_weights(path)
-    weights = load_file(str(path / "model.safetensors"))
+    weights = as_model_placement(model, load_file(str(path / "model.safetensors")))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or any(k not in tied and "lm_head" not in k for k in missing):
@@ -212,10 +231,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, *, rank: int 
         shard = path / optimizer_shard_file(rank)
         if not shard.is_file():
             raise UserError(f"--resume: {path} has no optimizer shard for rank {rank} ({shard.name})")
-        saved = safe_torch_load(shard)
-        optimizer.load_state_dict(saved["state"])
-        with torch.no_grad():
-            optimizer.shard.copy_(saved["master_shard"])
+        optimizer.load_state_dict(safe_torch_load(shard)["state"])
     else:
         optimizer.load_state_dict(safe_torch_load(path / "optimizer.pt"))
     scheduler.load_state_dict(safe_torch_load(path / "scheduler.pt"))

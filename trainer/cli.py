@@ -129,13 +129,16 @@ def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
     """`hdc train --nproc N [--topology T]`: start every rank on this machine through `hdc launch --local`."""
     import os
 
-    from hdc.topology import load_topology
+    from hdc.sync import check_shard_topology
+    from hdc.topology import load_topology, topology_from_dict
     from trainer.distributed.launch import launch_local
 
     topo_arg = recipe.distributed.topology
+    if topo_arg is None and args.nproc < 1:
+        raise UserError(f"--nproc: must be >= 1, got {args.nproc}")
+    if recipe.distributed.shard_within_site:  # before anything is written
+        check_shard_topology(load_topology(topo_arg) if topo_arg else topology_from_dict(local_topology(args.nproc)))
     if topo_arg is None:
-        if args.nproc < 1:
-            raise UserError(f"--nproc: must be >= 1, got {args.nproc}")
         os.makedirs(out, exist_ok=True)
         topo_arg = os.path.join(out, "topology.yaml")
         with open(topo_arg, "w", encoding="utf-8") as fh:

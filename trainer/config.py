@@ -27,7 +27,7 @@ from typing import Any
 from hdc.config import convert_fields, fail, from_dict, load_yaml, meta, set_dotted, to_dict
 from hdc.errors import UserError
 from hdc.strategies import STRATEGY_NAMES, knobs, strategy_from_dict
-from hdc.sync import GRAD_DTYPES
+from hdc.sync import GRAD_DTYPES, check_shard_strategy
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
@@ -308,6 +308,11 @@ class _DistributedBase:
     grad_dtype: str = meta("What the gradient sync sends and sums in: float32, or bfloat16 (half the bytes; "
                            "the simulator's workload grad_bytes 2).", default="float32",
                            choices=tuple(GRAD_DTYPES))
+    shard_within_site: bool = meta(
+        "HSDP: shard parameters, gradients and optimizer state over the ranks of each site with PyTorch's FSDP2; "
+        "the strategy then runs only the cross-site step, on each rank's shard (hierarchical, chunked, local_sgd, "
+        "compressed; not flat_ring or distributed_optimizer). Every site needs the same number of ranks, >= 2.",
+        default=False)
 
     def strategy_knobs(self) -> dict:
         return {k: getattr(self, k) for k in knobs() if getattr(self, k) is not None}
@@ -317,7 +322,9 @@ class _DistributedBase:
         return strategy_from_dict({"name": self.strategy, **self.strategy_knobs()}, path)
 
     def validate(self, path: str = "") -> None:
-        self.build_strategy(path or "distributed")
+        strategy = self.build_strategy(path or "distributed")
+        if self.shard_within_site:
+            check_shard_strategy(strategy, f"{path or 'distributed'}.shard_within_site")
 
 
 def _knob_fields() -> list:

@@ -24,7 +24,7 @@ from hdc.errors import UserError
 from trainer.algorithm import (TIS, generation_order, group_advantages, grpo_loss, high_entropy_mask, mix_reference,
                                pad_logprobs, reward_moments, std_from_moments, tis_metrics, tis_weights,
                                token_entropy, token_logps)
-from trainer.checkpoint import latest_checkpoint, load_checkpoint, refuse_pickled_weights, save_checkpoint
+from trainer.checkpoint import full_state_dict, latest_checkpoint, load_checkpoint, refuse_pickled_weights, save_checkpoint
 from trainer.config import DataConfig, GRPOConfig
 from trainer.data import PromptSampler, evaluate_exact_match, format_prompt
 from trainer.device import autocast, check_bf16, check_precision, resolve_device, visiting
@@ -164,7 +164,8 @@ class GRPOTrainer:
             first = sync.rank * self.prompts_per_process
             sampling = dataclasses.replace(sampling, seeds=tuple(
                 (args.seed * 1_000_003 + self.step * 10_007 + first + i) % 2**31 for i in range(len(prompts))))
-        gen = self.backend.generate(prompt_texts, G, sampling)
+        with sync.full_parameters(self.model):  # a sharded model: one all-gather, not one per generated token
+            gen = self.backend.generate(prompt_texts, G, sampling)
         m["time/generate_s"] = time.perf_counter() - t
 
         # 3. Rewards: every dataset column reaches the reward functions as a keyword argument.
@@ -375,10 +376,12 @@ class GRPOTrainer:
         if self.eval_dataset is None:
             return {}
         rows = [self.eval_dataset[i] for i in range(min(len(self.eval_dataset), self.data.eval_max_samples))]
-        return evaluate_exact_match(self.model, self.tokenizer, rows, max_new_tokens=self.args.max_completion_length,
-                                    prompt_column=self.data.prompt_column, answer_column=self.data.answer_column,
-                                    system_prompt=self.data.system_prompt,
-                                    use_chat_template=self.data.use_chat_template)
+        with self.grad_sync.full_parameters(self.model):
+            return evaluate_exact_match(self.model, self.tokenizer, rows,
+                                        max_new_tokens=self.args.max_completion_length,
+                                        prompt_column=self.data.prompt_column, answer_column=self.data.answer_column,
+                                        system_prompt=self.data.system_prompt,
+                                        use_chat_template=self.data.use_chat_template)
 
     def save(self, out_dir: Path) -> Path:
         """Checkpoint on every rank: each writes its RNG state (and optimizer shard), rank 0 seals it."""
@@ -442,8 +445,9 @@ class GRPOTrainer:
             final = self.evaluate()
             self._log(self.step, final)
             summary.update({f"{k}_end": v for k, v in final.items()})
+        weights = full_state_dict(self.model)  # every rank: a sharded model gathers its shards
         if is_main:
-            self.model.save_pretrained(out / "final", safe_serialization=True)
+            self.model.save_pretrained(out / "final", state_dict=weights, safe_serialization=True)
             self.tokenizer.save_pretrained(out / "final")
             self.logger.close()
         return {**last, **summary}

@@ -9,7 +9,8 @@ from trainer.config import Recipe
 
 def build_grad_sync(recipe: Recipe):
     """The GradientSync for this process: LocalSync alone, DistGradientSync when `hdc launch`
-    (or `hdc train --nproc`) started it in a torch.distributed world."""
+    (or `hdc train --nproc`) started it in a torch.distributed world, HSDPGradientSync there
+    with distributed.shard_within_site."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -17,11 +18,14 @@ def build_grad_sync(recipe: Recipe):
 
         return LocalSync()
     from trainer.distributed.grad_sync import DistGradientSync
+    from trainer.distributed.hsdp import HSDPGradientSync
 
     d = recipe.distributed
-    return DistGradientSync.from_env(d.build_strategy(), micro_batches=recipe.grpo.gradient_accumulation_steps,
-                                     bucket_cap_bytes=int(d.bucket_size_mb * 1e6), timeout_s=d.timeout_s,
-                                     backend=None if d.backend == "auto" else d.backend, grad_dtype=d.grad_dtype)
+    kwargs = dict(micro_batches=recipe.grpo.gradient_accumulation_steps, timeout_s=d.timeout_s,
+                  backend=None if d.backend == "auto" else d.backend, grad_dtype=d.grad_dtype)
+    if d.shard_within_site:  # the buckets are FSDP2's groups (one per decoder layer, and the root)
+        return HSDPGradientSync.from_env(d.build_strategy(), **kwargs)
+    return DistGradientSync.from_env(d.build_strategy(), bucket_cap_bytes=int(d.bucket_size_mb * 1e6), **kwargs)
 
 
 def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, generation_backend=None):

@@ -13,10 +13,13 @@ Call order in one step:
     after_optimizer_step(...)      after optimizer.step() (parameter all-gather, local SGD average)
     reload_parameters()            after a checkpoint replaced the weights
     flush()                        after the last step (an overlapped parameter sync completes)
+    with full_parameters(model):   around generation and evaluation (forward passes whose number
+                                   differs between processes): a sharded model gathers its weights
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import contextlib
+from typing import ContextManager, Protocol, runtime_checkable
 
 import torch
 
@@ -58,6 +61,10 @@ class GradientSync(Protocol):
     def flush(self) -> None:
         """After the last step: complete any parameter sync still overlapping later steps."""
 
+    def full_parameters(self, model: torch.nn.Module) -> ContextManager[torch.nn.Module]:
+        """A block in which every process holds the model's full parameters (a sharded model
+        all-gathers them once; otherwise nothing happens)."""
+
 
 class LocalSync:
     """One process: there is nothing to synchronise."""
@@ -90,3 +97,6 @@ class LocalSync:
 
     def flush(self) -> None:
         pass
+
+    def full_parameters(self, model: torch.nn.Module) -> ContextManager[torch.nn.Module]:
+        return contextlib.nullcontext(model)

@@ -145,9 +145,12 @@ def eos_ids_of(tokenizer) -> set[int]:
 
 
 def state_dict_items(model: torch.nn.Module, dtype: torch.dtype | None = None) -> list[tuple[str, torch.Tensor]]:
-    """(checkpoint name, tensor) pairs of the trainer model, detached, contiguous, optionally cast."""
+    """(checkpoint name, tensor) pairs of the trainer model, detached, contiguous, optionally cast;
+    a sharded (FSDP2) model's full weights, gathered first (every rank of its site calls this)."""
+    from trainer.checkpoint import full_state_dict
+
     items = []
-    for name, t in model.state_dict().items():
+    for name, t in full_state_dict(model).items():
         t = t.detach()
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)

@@ -29,8 +29,10 @@ def grpo_args(out: str, world: int, **kw):
     return GRPOConfig(**{**base, **kw})
 
 
-def run(rank: int, world: int, assets_root: str, out: str, strategy, sites: int, extra: dict) -> dict:
-    """Train a few steps in this process (a world of `world`, or alone when world == 1)."""
+def build(rank: int, world: int, assets_root: str, out: str, strategy, sites: int, extra: dict,
+          shard_within_site: bool = False):
+    """The GRPOTrainer of this process (a world of `world`, or alone when world == 1); with
+    `shard_within_site`, FSDP2 shards the model inside each site (HSDPGradientSync)."""
     from trainer.data import load_jsonl
     from trainer.grpo import GRPOTrainer
 
@@ -38,19 +40,29 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy, sites: int,
     if world > 1:
         from hdc.strategies import strategy_from_dict
         from trainer.distributed.grad_sync import DistGradientSync
+        from trainer.distributed.hsdp import HSDPGradientSync
 
         # a name gets these knobs where it takes them; a mapping is the whole strategy
         spec = strategy if isinstance(strategy, dict) else {"name": strategy, "chunks": 3, "every": 2, "fragments": 2}
-        sync = DistGradientSync(topology(sites, world // sites), strategy_from_dict(spec, lenient=True),
-                                micro_batches=2, bucket_cap_bytes=200_000, timeout_s=60)
+        topo, chosen = topology(sites, world // sites), strategy_from_dict(spec, lenient=True)
+        sync = (HSDPGradientSync(topo, chosen, micro_batches=2, timeout_s=60) if shard_within_site else
+                DistGradientSync(topo, chosen, micro_batches=2, bucket_cap_bytes=200_000, timeout_s=60))
     root = Path(assets_root)
     # length varies within every group, so every step has a gradient (accuracy alone may be all-equal)
-    trainer = GRPOTrainer(model=str(root / "sft"), reward_funcs=["accuracy", "format", "length"],
-                          args=grpo_args(out, world, **extra), train_dataset=load_jsonl(str(root / "data" / "train.jsonl")),
-                          grad_sync=sync)
+    return GRPOTrainer(model=str(root / "sft"), reward_funcs=["accuracy", "format", "length"],
+                       args=grpo_args(out, world, **extra), train_dataset=load_jsonl(str(root / "data" / "train.jsonl")),
+                       grad_sync=sync)
+
+
+def run(rank: int, world: int, assets_root: str, out: str, strategy, sites: int, extra: dict,
+        shard_within_site: bool = False) -> dict:
+    """Train a few steps in this process (see build)."""
+    trainer = build(rank, world, assets_root, out, strategy, sites, extra, shard_within_site)
+    sync = trainer.grad_sync
     losses, divergence, rewards, wan_bytes, wan_plan = [], [], [], [], []
+    plans = getattr(sync, "plans", None)  # a multi-process sync's plan (LocalSync has none)
     while trainer.step < trainer.args.max_steps:
-        if sync is not None:
+        if plans is not None:
             sync.last_param_spans = []
             update = trainer.updates
         m = trainer.train_step()
@@ -58,15 +70,19 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy, sites: int,
         losses.append(m["loss"])
         rewards.append(m["rewards/total/mean"])
         divergence.append(getattr(sync, "last_divergence", None))
-        if sync is not None:  # cross-site bytes of the parameter sync: measured by the executor, and the plan's
-            plan = sync.plans.plan
+        if plans is not None:  # cross-site bytes of the parameter sync: measured by the executor, and the plan's
+            plan = plans.plan
             wan_bytes.append(sum(sp["bytes"] for sp in sync.last_param_spans if sp["tier"] == "wan"))
-            wan_plan.append(sum(n * plan.wire_bytes(st) for st in sync.plans.param_steps  # completed this update
+            wan_plan.append(sum(n * plan.wire_bytes(st) for st in plans.param_steps  # completed this update
                                 if st.tier == "wan" and update >= st.lag and st.active(update - st.lag)
                                 for g, (_, n) in zip(st.groups, st.regions) if rank in g))
     # numpy, not tensors: torch would pass tensors through shared memory that dies with the process
-    weights = {k: v.detach().numpy().copy() for k, v in trainer.model.state_dict().items()}
-    start = {k: v.numpy() for k, v in type(trainer.model).from_pretrained(str(root / "sft")).state_dict().items()}
+    from transformers import AutoModelForCausalLM
+
+    from trainer.checkpoint import full_state_dict
+
+    weights = {k: v.detach().numpy().copy() for k, v in full_state_dict(trainer.model).items()}
+    start = {k: v.numpy() for k, v in AutoModelForCausalLM.from_pretrained(trainer.model_path).state_dict().items()}
     moved = max(float(abs(weights[k] - start[k]).max()) for k in start)
     return {"losses": losses, "weights": weights if rank == 0 else None, "divergence": divergence, "moved": moved,
             "rewards": rewards, "wan_param_bytes": wan_bytes, "wan_param_bytes_plan": wan_plan}

@@ -29,6 +29,7 @@ Call order per update (see trainer/sync.py):
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Optional, Sequence, Union
 
@@ -200,6 +201,10 @@ class DistGradientSync:
         self._backward_count += 1
         if self._pending is not None:  # let an overlapped parameter sync issue its next steps
             self.param_exec.poll()
+
+    def full_parameters(self, model: torch.nn.Module):
+        """Every replica already holds its full parameters."""
+        return contextlib.nullcontext(model)
 
     def set_sync(self, enabled: Optional[bool]) -> None:
         """Force (True) or suppress (False) bucket sync in the following backward passes, like

@@ -87,9 +87,12 @@ class ShardedOptimizer:
                 p.grad.zero_()
 
     def state_dict(self) -> dict:
-        return {"inner": self.inner.state_dict(), "regions": self.regions}
+        """The inner optimizer's state and the fp32 master copy of the shard (all a resume needs)."""
+        return {"inner": self.inner.state_dict(), "regions": self.regions, "master_shard": self.shard.detach().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         if [tuple(r) for r in state["regions"]] != self.regions:
             raise UserError("sharded optimizer state: saved for other shards (different world or buckets)")
         self.inner.load_state_dict(state["inner"])
+        with torch.no_grad():
+            self.shard.copy_(state["master_shard"])
