@@ -9,6 +9,8 @@ import socket
 import struct
 import time
 
+import statistics
+
 import pytest
 
 from hdc.errors import UserError
@@ -376,12 +378,32 @@ def test_shipped_measurements_stay_predicted():
     from experiments.emulate.validate import rows_from_raw, summarize
     from experiments.report_sections import shipped_measurements
 
-    rows = rows_from_raw(shipped_measurements())
+    paths = shipped_measurements()
+    rows = rows_from_raw([p for p in paths if "compressed" not in p])
     s = summarize(rows)
     assert s["cases"] == 126 and len({r["config"] for r in rows}) == 12
     assert s["median_abs_error_pct"] <= 5.0  # the issue's target is 10%, its stretch 5%
     assert s["worst_abs_error_pct"] <= 25.0
     assert s["ranking_mismatches"] == [] and len(s["ranking_ties"]) <= 5
+
+
+def test_shipped_compressed_measurements_stay_predicted():
+    """compressed(hierarchical, int8) against hierarchical, 2 sites x 2 ranks, 10 ms, 100 Mbit/s
+    and 1 Gbit/s, 1-16 MiB (docs/emulation.md): int8 is measured faster at 100 Mbit/s, and the
+    new rows are predicted within the validation's accuracy (median |error| <= 5%, worst <= 20%;
+    when shipped: 4.2% and 9.2%)."""
+    from experiments.emulate.validate import rows_from_raw, summarize
+    from experiments.report_sections import shipped_measurements
+
+    rows = rows_from_raw([p for p in shipped_measurements() if "compressed" in p])
+    assert len(rows) == 12 and summarize(rows)["ranking_mismatches"] == []
+    new = [r for r in rows if r["strategy"] == "compressed"]
+    errors = sorted(abs(r["error_pct"]) for r in new)
+    assert statistics.median(errors) <= 5.0 and errors[-1] <= 20.0
+    by = {(r["config"], r["size_MiB"], r["strategy"]): r["measured_median_ms"] for r in rows}
+    for (config, size, strategy), ms in by.items():
+        if strategy == "compressed" and "100M" in config:
+            assert ms < by[(config, size, "hierarchical")] / 1.9
 
 
 def test_one_forwarder_carries_every_wan_byte():

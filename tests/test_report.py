@@ -88,6 +88,8 @@ def test_chromium_renders_the_report_without_missing_images(report, tmp_path):
 def test_section_6_sets_the_shipped_measurements_beside_todays_model(report):
     html = open(os.path.join(report, "index.html"), encoding="utf-8").read()
     section = html[html.index('id="measured"'):html.index('id="runs"')]
-    assert "experiments/emulate/measured/" in section and "126 cases: median |error|" in section
+    assert "experiments/emulate/measured/" in section and "138 cases: median |error|" in section
     with open(os.path.join(report, "measured_table.csv"), newline="") as fh:
-        assert len(list(csv.DictReader(fh))) == 126
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 138  # 126 of flat ring / hierarchical / chunked, 12 of the compressed validation
+    assert sum(r["strategy"] == "compressed" for r in rows) == 6
