@@ -12,7 +12,7 @@ failure or Ctrl-C) and, in those sites, one after the other:
    strategy's plan over the whole gradient (the trainer's plan when it has one bucket) timed
    alone from a common start, as `hdc validate` times a case;
 2. `hdc train` once per rank on the small recipe of the reliability tests
-   (trainer.testing.tiny_assets: the small Qwen2 model, arithmetic prompts, length reward, 8
+   (trainer.selfcheck.assets.tiny_assets: the small Qwen2 model, arithmetic prompts, length reward, 8
    completions per rank per step, float32), reading the rank-0 metrics.jsonl.
 
 Measured per step: `time/sync_s`, the longest time one rank waited in the gradient sync, and its
@@ -20,9 +20,9 @@ two parts from every rank's wall-clock entry into and exit from finish()
 (trainer.grpo.sync_wait_parts): `time/sync_skew_s`, the wait for the last rank to arrive, and
 `time/sync_collective_s`, from the last arrival to the last exit: the sync itself.
 
-Predicted, for the plan the trainer builds (hdc.strategies.bucketed over the model's parameter
-buckets, reverse registration order, cap distributed.bucket_size_mb; 4-byte elements), run alone
-from a common start:
+Predicted, for the plan the trainer builds (hdc.sync over the model's parameter buckets, reverse
+registration order, cap distributed.bucket_size_mb; 4-byte elements; experiments/emulate/grpo_sync.py),
+run alone from a common start:
   calibrated    - `hdc validate`'s model: the simulator's `pipelined` mode (gloo's ring) on the
                   topology with the probe's constants (calibrate.fit, calibrate.model_for)
   uncalibrated  - simulate_plan's default (coflow) mode on the topology as written
@@ -39,68 +39,17 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from trainer.logs import read_metrics  # noqa: E402
+from experiments.emulate.grpo_sync import MEASURED, STRATEGIES, model_buckets, predict, summarize  # noqa: E402
 
 PREFIX = "hdcgrpo"
-# Strategies whose sync is `bucketed` over size-capped buckets (chunked buckets by chunk and
-# pipelines its chunks; the distributed optimizer adds a parameter phase: not predicted here).
-STRATEGIES = ("flat_ring", "hierarchical")
-MEASURED = {"sync_ms": "time/sync_s", "skew_ms": "time/sync_skew_s", "collective_ms": "time/sync_collective_s"}
-PREDICTED = ("calibrated_ms", "uncalibrated_ms", "bound_ms")
-
-
-def model_buckets(model, bucket_cap_bytes: int) -> tuple[list[int], int]:
-    """(bucket numels, element size) as the trainer's DistGradientSync forms them
-    (hdc.sync.bucket_numels over the trainable parameters, reverse registration order)."""
-    from hdc.sync import bucket_numels
-
-    params = list(reversed([p for p in model.parameters() if p.requires_grad]))
-    esize = params[0].element_size()
-    return bucket_numels([p.numel() for p in params], max(bucket_cap_bytes // esize, 1)), esize
-
-
-def predict(topology, calibration, strategy_name: str, numels: list[int], esize: int) -> dict:
-    """The trainer's gradient plan timed alone: calibrated (validate's model), uncalibrated, bound (ms)."""
-    from hdc.cost import plan_time_s
-    from hdc.strategies import make_strategy
-    from hdc.sync import bucket_plans
-    from experiments.emulate.calibrate import model_for
-    from experiments.emulate.executor import predict_s
-    from simulator.collectives import simulate_plan
-    from simulator.network import Routes
-
-    strategy, dp = make_strategy(strategy_name), [list(range(topology.num_gpus))]
-    wire = {4: "fp32", 2: "bf16"}[esize]
-    plan = bucket_plans(strategy, topology, dp, numels, wire).plan
-    model_topo, pipeline = model_for(topology, calibration)
-    calibrated, model = predict_s(model_topo, bucket_plans(strategy, model_topo, dp, numels, wire).plan, pipeline)
-    uncalibrated = max((end for _, end in simulate_plan(Routes(topology), plan).values()), default=0.0)
-    return {"plan": plan.strategy, "plan_steps": len(plan.steps), "model": model, "calibrated_ms": calibrated * 1e3,
-            "uncalibrated_ms": uncalibrated * 1e3, "bound_ms": plan_time_s(topology, plan) * 1e3}
-
-
-def summarize(rows: list[dict], alone_s: list[float], prediction: dict) -> dict:
-    """Per measured quantity (ms) the median over steps 2..N (all steps when there is one), the
-    median of the plan timed alone, the predictions, and each measurement over the calibrated one."""
-    steady = rows[1:] or rows
-    out = {k: statistics.median(r[metric] for r in steady) * 1e3 for k, metric in MEASURED.items()}
-    out["alone_ms"] = statistics.median(alone_s) * 1e3
-    out.update({k: prediction[k] for k in PREDICTED})
-    for k in ("sync", "collective", "alone"):
-        out[f"{k}_over_calibrated"] = out[f"{k}_ms"] / prediction["calibrated_ms"]
-    out["steps"] = [r["step"] for r in steady]
-    return out
-
-
 def run_worker(spec, topo_file: str, work: Path, master_port: int, case: dict, timeout_s: float) -> dict:
     """`hdc validate`'s worker in the sites as they are: its calibration probe, then `case` timed
     from a common start (1 warm-up, 5 repeats). The worker's result (calibration, results)."""
@@ -155,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from hdc.units import parse_bandwidth, parse_time
     from experiments.emulate import calibrate, launch, netns
     from experiments.emulate.spec import build_spec, with_ranks_per_site, with_wan, write_topology
-    from trainer.testing import tiny_assets
+    from trainer.selfcheck.assets import tiny_assets
 
     netns.require_root()
     if any("=" not in kv for kv in args.sysctl):

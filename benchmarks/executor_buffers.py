@@ -40,7 +40,7 @@ def _bench(rank: int, world: int, before_source: str, sizes: list[int], repeats:
 
     from hdc.plan import Plan
     from trainer.distributed import executor as after
-    from trainer.distributed.checks import topology_for_world
+    from trainer.selfcheck.executor import topology_for_world
     from trainer.distributed.groups import ProcessGroups
 
     before = _load(before_source, "executor_before")

@@ -63,7 +63,7 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 
 echo "== 3. correctness: every strategy case on NCCL, world $N =="
-timeout 90 "$PY" -m torch.distributed.run --standalone --nproc-per-node="$N" -m trainer.distributed.checks
+timeout 90 "$PY" -m torch.distributed.run --standalone --nproc-per-node="$N" -m trainer.selfcheck.executor
 
 echo "== 3. timings: real executor vs torch all_reduce on NCCL, world $N =="
 if [ "$N" -lt 2 ]; then

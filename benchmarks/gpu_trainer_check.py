@@ -22,7 +22,7 @@ def options() -> int:
     from trainer.config import GRPOConfig
     from trainer.data import load_jsonl
     from trainer.grpo import GRPOTrainer
-    from trainer.testing import tiny_assets
+    from trainer.selfcheck.assets import tiny_assets
 
     assets = tiny_assets(sft_steps=50)
     out = Path(tempfile.mkdtemp(prefix="gpu-options-"))

@@ -96,7 +96,7 @@ def simulated_s(topology, plan, train_step: int = 0):
 def resolve_topology(spec: str):
     """A preset or file, or 'world:N' for the test layouts of N processes (2 sites when N is even)."""
     if spec.startswith("world:"):
-        from trainer.distributed.checks import topology_for_world
+        from trainer.selfcheck.executor import topology_for_world
 
         return topology_for_world(int(spec.split(":", 1)[1]))
     return load_topology(spec)

@@ -11,7 +11,7 @@ import pytest
 
 from hdc.plan import Plan
 from hdc.strategies import Chunked, DistributedOptimizer, Hierarchical, bucketed
-from trainer.distributed.checks import SIZES, strategy_cases, topology_for_world
+from trainer.selfcheck.executor import SIZES, strategy_cases, topology_for_world
 
 WORLDS = (2, 4, 6)
 
@@ -75,7 +75,7 @@ def repeated_calls(rank: int, world: int, sizes=(7, 1001)) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def world_results():
-    from trainer.distributed.checks import executor_cases
+    from trainer.selfcheck.executor import executor_cases
     from trainer.distributed.local import spawn_world
 
     return {w: [r for rank in spawn_world(executor_cases, w) for r in rank] for w in WORLDS}
@@ -90,7 +90,7 @@ def repeated_results():
 
 @pytest.fixture(scope="module")
 def lossy_results():
-    from trainer.distributed.checks import lossy_cases
+    from trainer.selfcheck.executor import lossy_cases
     from trainer.distributed.local import spawn_world
 
     return {w: [r for rank in spawn_world(lossy_cases, w) for r in rank] for w in (2, 4)}

@@ -3,7 +3,7 @@ import pytest
 
 
 def _run(mode, timeout_s):
-    from trainer.distributed.checks import fault_case
+    from trainer.selfcheck.executor import fault_case
     from trainer.distributed.local import spawn_world
 
     out = spawn_world(fault_case, 4, args=(mode, 3, timeout_s), collective_timeout_s=timeout_s,

@@ -7,7 +7,7 @@ WORLDS = (2, 4)
 
 @pytest.fixture(scope="module")
 def results():
-    from trainer.distributed.checks_sync import all_cases
+    from trainer.selfcheck.sync import all_cases
     from trainer.distributed.local import spawn_world
 
     return {w: spawn_world(all_cases, w) for w in WORLDS}

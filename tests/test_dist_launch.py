@@ -64,7 +64,7 @@ def test_local_launch_fails_fast_when_a_rank_fails(capfd):
 def test_local_launch_runs_the_executor_checks(capfd):
     """End to end: 4 processes from `hdc launch --local`, init_from_env, every strategy case."""
     rc = _hdc("launch", "--local", "--topology", "tiny-2site", "--timeout-s", "60", "--",
-              sys.executable, "-m", "trainer.distributed.checks")
+              sys.executable, "-m", "trainer.selfcheck.executor")
     out = capfd.readouterr().out
     assert rc == 0, out
     assert "all ranks ok" in out and "backend gloo, world 4" in out

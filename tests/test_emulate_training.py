@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,8 +22,7 @@ from trainer.logs import read_metrics
 from experiments.emulate import launch, netns
 from experiments.emulate.spec import build_spec, with_ranks_per_site, with_wan, write_topology
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import kill_storm as ks  # noqa: E402
+from trainer.selfcheck import runs as ks
 
 PREFIX = "hdctest"
 TIMEOUT_S = 8.0
@@ -75,7 +73,7 @@ def logged_steps(out: Path) -> list[int]:
 
 
 def test_wan_cut_mid_run_ends_every_rank_in_time_then_resume_continues(emu, tmp_path):
-    from test_reliability_resume import assets
+    from trainer.selfcheck.runs import tiny_run_assets as assets
 
     spec = emu(topology())
     recipe = ks.write_recipe(tmp_path / "recipe.yaml", assets(), max_steps=6, save_steps=2, save_total_limit=None,

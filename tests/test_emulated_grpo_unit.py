@@ -3,8 +3,6 @@ into skew and collective from every rank's stamps (trainer.grpo.sync_wait_parts)
 buckets and plan, the three predictions and the summary over steps 2..N."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +11,7 @@ from hdc.topology import load_topology
 from experiments.emulate import calibrate, spec as specmod
 from trainer.grpo import sync_wait_parts
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import emulated_grpo as eg  # noqa: E402
+from experiments.emulate import grpo_sync as eg
 
 
 def test_sync_wait_parts_separates_waiting_for_the_last_rank_from_the_sync():

@@ -16,16 +16,15 @@ import pytest
 from hdc.errors import UserError
 from hdc.strategies import Hierarchical, strategy_from_dict
 from hdc.sync import bucket_plans, check_shard_topology
-from trainer.distributed.checks_grpo import run, single, topology
+from trainer.selfcheck.grpo import differences, run, single, topology
 from trainer.distributed.hsdp import padded_shard_numel
 from trainer.distributed.local import spawn_world
-from trainer.testing import tiny_assets
+from trainer.selfcheck.assets import tiny_assets
 
-from test_reliability_resume import kill_after_step_5_and_resume
+from trainer.selfcheck.runs import kill_after_step_5_and_resume
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import hsdp_memory  # noqa: E402
+from trainer.selfcheck.memory import compare as compare_memory
 
 CROSS_SITE = [[0, 2], [1, 3]]  # rank j of every site, for 2 sites x 2 ranks
 
@@ -94,12 +93,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("strategy", ["hierarchical", pytest.param("chunked", marks=pytest.mark.slow)])
 def test_sharded_run_matches_single_process(reference, strategy, tmp_path):
     results = spawn_world(run, 4, args=(str(tiny_assets().root), str(tmp_path), strategy, 2, {}, True), timeout_s=600)
-    for r in results:
-        assert r["losses"] == pytest.approx(reference["losses"], rel=1e-5, abs=1e-7)
-    bound = 0.01 * reference["moved"]
-    for name, w in reference["weights"].items():
-        diff = float(abs(results[0]["weights"][name] - w).max())
-        assert diff <= bound, f"{name}: differs by {diff:.2e} > 1% of the largest update ({reference['moved']:.2e})"
+    assert differences(reference, results) == []
 
 
 @pytest.mark.multiproc
@@ -114,7 +108,7 @@ def test_sharded_local_sgd_averages_shards_and_compressed_trains(tmp_path):
 
 @pytest.mark.multiproc
 def test_sharded_ranks_hold_half_the_bytes():
-    rows = hsdp_memory.compare(str(tiny_assets(sft_steps=1, num_train=200).root))
+    rows = compare_memory(str(tiny_assets(sft_steps=1, num_train=200).root))
     base, sharded = ({k: r[k] for k in ("params", "grads", "optimizer")} for r in rows.values())
     for k in base:  # 2 ranks per site: half of each, up to FSDP2's padding of dim 0
         assert 0.5 <= sharded[k] / base[k] <= 0.51, (k, sharded[k], base[k])

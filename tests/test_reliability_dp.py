@@ -3,7 +3,6 @@ mid-step ends the job within distributed.timeout_s (no hang) with a message nami
 and site (launcher) or the collective and group (a survivor on its own); --resume continues."""
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,10 +10,9 @@ import pytest
 
 from trainer.logs import read_metrics
 
-from test_reliability_resume import assets, kill_after_step_5_and_resume
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import kill_storm as ks  # noqa: E402
+from trainer.selfcheck import runs as ks
+from trainer.selfcheck.runs import kill_after_step_5_and_resume, tiny_run_assets as assets
 
 TIMEOUT_S = 10.0
 

@@ -6,7 +6,6 @@ step 5's checkpoint is sealed, resume with --resume and compare with 10 uninterr
 """
 import json
 import logging
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,38 +13,8 @@ import torch
 
 from hdc.errors import UserError
 from trainer import checkpoint as ckpt
-from trainer.testing import tiny_assets
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import kill_storm as ks  # noqa: E402  (the helpers the kill-storm benchmark uses)
-
-
-def assets():
-    return tiny_assets(sft_steps=1, num_train=200)  # a few seconds to build; the length reward needs no warm start
-
-
-def kill_after_step_5_and_resume(tmp_path: Path, nproc=None, strategy="flat_ring", **recipe_kw):
-    recipe = ks.write_recipe(tmp_path / "recipe.yaml", assets(), max_steps=10, save_steps=5, save_total_limit=None,
-                             strategy=strategy, **recipe_kw)
-    done = ks.run_train(recipe, tmp_path / "straight", nproc=nproc)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-
-    out = tmp_path / "killed"
-    proc = ks.start_train(recipe, out, nproc=nproc)
-    sealed = ks.wait_for(lambda: ks.latest_pointer(out) == "checkpoints/step-00000005", proc, timeout_s=240)
-    assert sealed and proc.poll() is None, "the run reached its step-5 checkpoint and was still running"
-    ks.kill_tree(proc)
-    assert not (out / "final").exists()
-    resumed = ks.run_train(recipe, out, nproc=nproc, resume=True)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-
-    straight, killed = ks.step_losses(tmp_path / "straight"), ks.step_losses(out)
-    assert sorted(straight) == list(range(1, 11))
-    assert len(set(straight.values())) > 1, "the reward varies, so the steps really train"
-    assert killed == straight, "the same loss at every step"
-    assert ks.redone_steps_agree(out), "steps logged before the kill and redone after it agree"
-    assert ks.weights_equal(tmp_path / "straight" / "final", out / "final"), "bit-identical final weights"
-    return out
+from trainer.selfcheck.runs import kill_after_step_5_and_resume, tiny_run_assets as assets
 
 
 def test_kill9_after_step_5_then_resume_is_exact(tmp_path):

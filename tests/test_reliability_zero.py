@@ -2,7 +2,7 @@
 optimizer shard (moments + fp32 master copy), so the resumed run is bit-identical."""
 import pytest
 
-from test_reliability_resume import kill_after_step_5_and_resume
+from trainer.selfcheck.runs import kill_after_step_5_and_resume
 
 
 @pytest.mark.multiproc

@@ -14,7 +14,7 @@ from trainer.data import load_jsonl
 from trainer.device import check_bf16, check_precision, resolve_device
 from trainer.generation import HFGenerationBackend, SamplingParams
 from trainer.grpo import GRPOTrainer
-from trainer.testing import tiny_assets
+from trainer.selfcheck.assets import tiny_assets
 
 ROOT = Path(__file__).resolve().parents[1]
 

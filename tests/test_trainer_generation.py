@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer.data import format_prompt
 from trainer.generation import HFGenerationBackend, SamplingParams, cut_at_eos, encode_prompts
-from trainer.testing import tiny_assets
+from trainer.selfcheck.assets import tiny_assets
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from trainer.data import load_jsonl
 from trainer.grpo import GRPOTrainer
 from trainer.logs import read_metrics
 from trainer.sync import GradientSync, LocalSync
-from trainer.testing import tiny_assets
+from trainer.selfcheck.assets import tiny_assets
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_METRICS = ["rewards/accuracy/mean", "rewards/accuracy/std", "rewards/format/mean", "rewards/total/mean",
@@ -220,3 +220,23 @@ def test_reward_functions_log_metrics_and_completion_columns(tmp_path):
     assert all(r["rewards/constant/mean"] == 0.5 for r in rows)
     completions = [json.loads(line) for line in open(tmp_path / "completions.jsonl")]
     assert all(isinstance(c["n_tokens"], int) and c["n_tokens"] > 0 for c in completions)
+
+
+def test_num_generations_eval_samples_several_completions_per_held_out_prompt():
+    """TRL's num_generations_eval: N sampled completions per prompt (seeded, so repeatable),
+    their mean exact match and pass@N; None stays greedy."""
+    from trainer.data import evaluate_exact_match
+
+    assets = tiny_assets()
+    model = AutoModelForCausalLM.from_pretrained(assets.sft_model)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(assets.sft_model)
+    rows = load_jsonl(str(assets.data / "heldout.jsonl"))
+    rows = [rows[i] for i in range(6)]
+    greedy = evaluate_exact_match(model, tok, rows, max_new_tokens=16)
+    assert set(greedy) == {"eval/exact_match", "eval/format"}
+    a = evaluate_exact_match(model, tok, rows, max_new_tokens=16, num_generations=3, seed=5)
+    b = evaluate_exact_match(model, tok, rows, max_new_tokens=16, num_generations=3, seed=5, batch_size=4)
+    assert a == b and set(a) == {"eval/exact_match", "eval/format", "eval/pass@3"}
+    assert a["eval/exact_match"] <= a["eval/pass@3"] <= 1

@@ -7,7 +7,7 @@ from trainer.config import GRPOConfig
 from trainer.data import load_jsonl
 from trainer.grpo import GRPOTrainer
 from trainer.logs import read_metrics
-from trainer.testing import tiny_assets
+from trainer.selfcheck.assets import tiny_assets
 
 
 def test_column_work_and_the_teachers_slip():

@@ -30,7 +30,7 @@ def trl_trainer(tmp_path_factory):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from trainer.testing import tiny_assets
+    from trainer.selfcheck.assets import tiny_assets
 
     model = str(tiny_assets(sft_steps=1).model)
     tok = AutoTokenizer.from_pretrained(model)

@@ -34,7 +34,7 @@ def tiny(tmp_path_factory):
         pytest.skip(f"vllm does not import: {type(e).__name__}: {e}")
     from transformers import AutoTokenizer
 
-    from trainer.testing import SMALL_MODEL
+    from trainer.selfcheck.assets import SMALL_MODEL
     from trainer.tiny import TinyModelConfig, make_tiny_model
 
     path = make_tiny_model(tmp_path_factory.mktemp("vllm") / "model", TinyModelConfig(**SMALL_MODEL))

@@ -15,7 +15,7 @@ from trainer.config import GRPOConfig
 from trainer.data import load_jsonl
 from trainer.grpo import GRPOTrainer
 from trainer.logs import read_metrics
-from trainer.testing import tiny_assets
+from trainer.selfcheck.assets import tiny_assets
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None,

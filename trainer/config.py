@@ -140,6 +140,10 @@ class GRPOConfig:
                                         default=None, ge=1)
     eval_steps: int | None = meta("Evaluate held-out exact match every this-many steps (None = only at "
                                   "start and end; needs data.eval_file).", default=None, ge=1)
+    num_generations_eval: int | None = meta(
+        "Completions sampled per held-out prompt in evaluation, at the training temperature and top_p (TRL's "
+        "option): eval/exact_match is their mean and eval/pass@N the share of prompts with one exact match. "
+        "None: one greedy completion per prompt.", default=None, ge=1, le=1024)
     log_completions: bool = meta("Write sampled prompt/completion/reward rows to completions.jsonl.",
                                  default=False)
     num_completions_to_print: int = meta("Rows per logged step when log_completions is on.", default=4, ge=1)

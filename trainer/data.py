@@ -1,6 +1,8 @@
 """Datasets, prompt formatting, the prompt sampler (with a resumable position) and evaluation."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 from typing import Any
 
@@ -74,23 +76,36 @@ class PromptSampler:
 @torch.no_grad()
 def evaluate_exact_match(model, tokenizer, rows: list[dict], *, max_new_tokens: int, prompt_column: str = "prompt",
                          answer_column: str = "answer", system_prompt: str | None = None,
-                         use_chat_template: bool = True, batch_size: int = 100) -> dict[str, float]:
-    """Greedy decoding on held-out rows: fraction whose extracted answer equals the reference exactly,
-    and fraction in the <think>..</think><answer>..</answer> format."""
+                         use_chat_template: bool = True, batch_size: int = 100, num_generations: int | None = None,
+                         temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> dict[str, float]:
+    """Held-out rows: the fraction of completions whose extracted answer equals the reference
+    exactly, and the fraction in the <think>..</think><answer>..</answer> format. Greedy, one
+    completion per prompt; with `num_generations` (TRL's num_generations_eval) that many
+    sampled completions per prompt at `temperature`/`top_p` (seeded), averaged, plus
+    eval/pass@N: the fraction of prompts with at least one exact match."""
     from trainer.generation import HFGenerationBackend, SamplingParams
     from trainer.rewards import extract_answer
     from trainer.rewards import format as format_reward
 
     backend = HFGenerationBackend(model, tokenizer)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    correct = formatted = 0
+    n_gen = num_generations or 1
+    params = (SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0) if num_generations is None else
+              SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p))
+    correct = formatted = solved = 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         prompts = [format_prompt(tokenizer, r[prompt_column], system_prompt, use_chat_template) for r in chunk]
-        texts = backend.generate(prompts, 1, params).texts
-        for row, text in zip(chunk, texts):
-            found = extract_answer(text)
-            correct += int(found is not None and found == str(row[answer_column]).strip())
-        formatted += int(sum(format_reward(prompts, texts)))
+        if num_generations is not None:  # a seed per prompt: the same completions however rows are batched
+            params = replace(params, seeds=tuple(seed * 1_000_003 + start + i for i in range(len(chunk))))
+        texts = backend.generate(prompts, n_gen, params).texts
+        for i, row in enumerate(chunk):
+            hits = [found is not None and found == str(row[answer_column]).strip()
+                    for found in map(extract_answer, texts[i * n_gen:(i + 1) * n_gen])]
+            correct += sum(hits)
+            solved += int(any(hits))
+        formatted += int(sum(format_reward([p for p in prompts for _ in range(n_gen)], texts)))
     n = max(len(rows), 1)
-    return {"eval/exact_match": correct / n, "eval/format": formatted / n}
+    out = {"eval/exact_match": correct / (n * n_gen), "eval/format": formatted / (n * n_gen)}
+    if num_generations is not None:
+        out[f"eval/pass@{n_gen}"] = solved / n
+    return out

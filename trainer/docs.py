@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from hdc.config import help_table
+from hdc.strategies.docs import replace_marked
 
 BEGIN, END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "trainer.md"
@@ -30,8 +31,7 @@ def config_table() -> str:
 
 
 def render(doc: str) -> str:
-    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    return doc[:start] + "\n" + config_table() + "\n" + doc[end:]
+    return replace_marked(doc, BEGIN, END, config_table())
 
 
 if __name__ == "__main__":

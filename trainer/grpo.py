@@ -9,6 +9,7 @@ The trainer does not know how gradients are shared between processes: it is hand
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -145,114 +146,120 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
-        args, sync, G = self.args, self.grad_sync, self.args.num_generations
-        m: dict[str, float] = {}
-        step_start = time.perf_counter()
+        """One generation round: sample, score, advantages, then the policy updates on it."""
+        m: dict[str, float] = {}  # this step's metrics; timings go in through self._timed(m, name)
+        with self._timed(m, "time/step_s"):
+            # 1. Prompts: this process's share of the step's prompts, each repeated G times below.
+            rows, prompts, prompt_texts = self._sample_prompts()
+            # 2. Generate G completions per prompt (adjacent), cut after EOS.
+            with self._timed(m, "time/generate_s"):
+                gen = self._generate(prompt_texts)
+            # 3. Rewards: every dataset column, and TRL's other keywords, reach the reward functions.
+            with self._timed(m, "time/score_s"):
+                per_func, totals, extra_columns = self._score(rows, prompts, gen, m)
+            # 4. Group-relative advantages (a group never spans processes; 'batch' scaling uses the step).
+            rewards = torch.tensor(totals, dtype=torch.float32)
+            advantages = self._advantages(rewards)
+            # 5. Token tensors: left-padded prompts + right-padded completions; loss mask ends at EOS.
+            batch = self._batch(self._repeat(prompt_texts), gen.completion_ids, gen.truncated)
+            use_tis = self.tis.level != "none" and getattr(gen, "logprobs", None) is not None
+            if use_tis:  # the sampler's own log-probs, for truncated importance sampling
+                batch["sampler_logps"] = pad_logprobs(gen.logprobs, batch["completion_ids"].shape[1]).to(self.device)
+            # 6. Behaviour log-probs (only when a batch is reused) and reference log-probs (beta > 0).
+            with self._timed(m, "time/reference_s"):
+                batch["old_logps"], batch["ref_logps"] = self._old_and_ref_logps(batch)
+            batch["advantages"] = advantages
+            # Shuffled before it is cut into micro-batches, as TRL does (seeded: a resumed run cuts it alike).
+            order = generation_order(len(advantages), self.args.seed, self.step)
+            batch = {k: v[order] for k, v in batch.items() if v is not None}
+            # 7. Policy updates: num_iterations passes over the steps_per_generation micro-batches, an
+            #    optimizer update (sync, step) after every gradient_accumulation_steps of them.
+            stamps = self._update(batch, use_tis, m)
+            with self._timed(m, "time/weight_sync_s"):
+                self.backend.update_weights(self.model)  # after the all-gather: vLLM gets the full new weights
+        # 8. Metrics, over every process.
+        self._step_metrics(m, per_func, rewards, advantages, gen)
+        m = self._gather_metrics(m, stamps)
+        self._log_completions(prompts, gen, totals, advantages, per_func, extra_columns)
+        return m
 
-        # 1. Prompts: this process's share of the step's prompts, each repeated G times below.
+    # ------------------------------------------------------------------ the step's parts
+    def _repeat(self, xs: list) -> list:
+        """Each item G times, adjacent (a prompt's group)."""
+        return [x for x in xs for _ in range(self.args.num_generations)]
+
+    def _sample_prompts(self) -> tuple[list, list, list[str]]:
+        sync = self.grad_sync
         ids = self.sampler.next(self.prompts_per_step)
         ids = ids[sync.rank * self.prompts_per_process:(sync.rank + 1) * self.prompts_per_process]
         rows = [self.train_dataset[i] for i in ids]
         prompts = [row[self.data.prompt_column] for row in rows]
-        prompt_texts = [format_prompt(self.tokenizer, p, self.data.system_prompt, self.data.use_chat_template)
-                        for p in prompts]
+        texts = [format_prompt(self.tokenizer, p, self.data.system_prompt, self.data.use_chat_template)
+                 for p in prompts]
+        return rows, prompts, texts
 
-        # 2. Generate G completions per prompt (adjacent), cut after EOS.
-        t = time.perf_counter()
-        sampling = self.sampling
+    def _generate(self, prompt_texts: list[str]):
+        args, sampling = self.args, self.sampling
         if args.deterministic_rollouts:  # a seed per prompt of the step: the same on any number of processes
-            first = sync.rank * self.prompts_per_process
+            first = self.grad_sync.rank * self.prompts_per_process
             sampling = dataclasses.replace(sampling, seeds=tuple(
-                (args.seed * 1_000_003 + self.step * 10_007 + first + i) % 2**31 for i in range(len(prompts))))
-        with sync.full_parameters(self.model):  # a sharded model: one all-gather, not one per generated token
-            gen = self.backend.generate(prompt_texts, G, sampling)
-        m["time/generate_s"] = time.perf_counter() - t
+                (args.seed * 1_000_003 + self.step * 10_007 + first + i) % 2**31 for i in range(len(prompt_texts))))
+        with self.grad_sync.full_parameters(self.model):  # a sharded model: one all-gather, not one per token
+            return self.backend.generate(prompt_texts, args.num_generations, sampling)
 
-        # 3. Rewards: every dataset column reaches the reward functions as a keyword argument.
-        t = time.perf_counter()
-        rep = lambda xs: [x for x in xs for _ in range(G)]  # noqa: E731
-        columns = {k: rep([row[k] for row in rows]) for k in rows[0] if k != self.data.prompt_column}
+    def _score(self, rows: list, prompts: list, gen, m: dict) -> tuple[list[list[float]], list[float], dict]:
+        """Per-function rewards, weighted totals and the columns reward functions logged; their
+        log_metric values go into `m` (averaged over the step, as TRL does)."""
+        columns = {k: self._repeat([row[k] for row in rows]) for k in rows[0] if k != self.data.prompt_column}
         completions = gen.texts if isinstance(prompts[0], str) else [[{"role": "assistant", "content": c}]
                                                                       for c in gen.texts]
         extra_columns: dict[str, list] = defaultdict(list)
         reward_metrics: dict[str, list[float]] = defaultdict(list)
         self.trainer_state.global_step = self.updates
-        per_func, totals = score(self.reward_funcs, self.reward_weights, rep(prompts), completions, columns,
+        per_func, totals = score(self.reward_funcs, self.reward_weights, self._repeat(prompts), completions, columns,
                                  completion_ids=gen.completion_ids, trainer_state=self.trainer_state,
                                  log_extra=lambda column, values: extra_columns[column].extend(values),
                                  log_metric=lambda name, value: reward_metrics[name].append(float(value)))
-        m.update({name: sum(v) / len(v) for name, v in reward_metrics.items()})  # TRL: averaged per step
-        m["time/score_s"] = time.perf_counter() - t
+        m.update({name: sum(v) / len(v) for name, v in reward_metrics.items()})
+        return per_func, totals, extra_columns
 
-        # 4. Group-relative advantages (a group never spans processes; 'batch' scaling uses the whole step).
-        rewards = torch.tensor(totals, dtype=torch.float32)
+    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        args, sync = self.args, self.grad_sync
         batch_std = None
         if args.scale_rewards == "batch" and sync.world_size > 1:
             batch_std = std_from_moments(*sync.all_reduce_sum(reward_moments(rewards)))
-        advantages = group_advantages(rewards, G, args.scale_rewards, batch_std).to(self.device)
+        return group_advantages(rewards, args.num_generations, args.scale_rewards, batch_std).to(self.device)
 
-        # 5. Token tensors: left-padded prompts + right-padded completions; loss mask ends at EOS.
-        batch = self._batch(rep(prompt_texts), gen.completion_ids, gen.truncated)
-        use_tis = self.tis.level != "none" and getattr(gen, "logprobs", None) is not None
-        if use_tis:  # the sampler's own log-probs, for truncated importance sampling
-            batch["sampler_logps"] = pad_logprobs(gen.logprobs, batch["completion_ids"].shape[1]).to(self.device)
-
-        # 6. Behaviour log-probs (only when a batch is reused) and reference log-probs (only when beta > 0).
-        t = time.perf_counter()
+    def _old_and_ref_logps(self, batch: dict):
         with torch.no_grad():
-            old_logps = self._logps(self.model, batch)[0] if self.updates_per_generation > 1 else None
-            ref_logps = None
+            old = self._logps(self.model, batch)[0] if self.updates_per_generation > 1 else None
+            ref = None
             if self.ref_model is not None:  # on the model's device for this pass only when offloaded
-                with visiting(self.ref_model, self.device, self.ref_home) as ref:
-                    ref_logps = self._logps(ref, batch)[0]
-        m["time/reference_s"] = time.perf_counter() - t
-        # Shuffled before it is cut into micro-batches, as TRL does (seeded: a resumed run cuts it alike).
-        order = generation_order(len(advantages), args.seed, self.step)
-        batch = {k: v[order] for k, v in batch.items()}
-        shuffled_adv = advantages[order]
-        old_logps = old_logps[order] if old_logps is not None else None
-        ref_logps = ref_logps[order] if ref_logps is not None else None
+                with visiting(self.ref_model, self.device, self.ref_home) as model:
+                    ref = self._logps(model, batch)[0]
+        return old, ref
 
-        # 7. Policy updates: num_iterations passes over the steps_per_generation micro-batches, an optimizer
-        #    update (sync, step) after every gradient_accumulation_steps of them.
-        t, sync_s = time.perf_counter(), 0.0
-        stamps: list[tuple[float, float]] = []  # per update: time.time() entering finish(), leaving it
+    def _update(self, batch: dict, use_tis: bool, m: dict) -> list[tuple[float, float]]:
+        """The optimizer updates on one generation batch; their loss metrics go into `m`.
+        Returns, per update, the wall-clock times this rank entered and left the gradient sync."""
+        args, sync = self.args, self.grad_sync
         n_micro, size = args.gradient_accumulation_steps, args.per_device_train_batch_size
         per_pass = self.updates_per_generation // args.num_iterations  # updates per pass over the batch
         n_updates = max(1, min(self.updates_per_generation, args.max_steps - self.step))  # a last round may stop early
-        mb_rows = n_micro * size  # rows of one update
+        rows = n_micro * size  # rows of one update
         tokens_per_update = batch["completion_mask"].view(per_pass, -1).sum(1)  # the rows of update u: u % per_pass
         processed_tokens = sum(float(tokens_per_update[u % per_pass]) for u in range(n_updates))  # for metric means
         global_tokens = sync.all_reduce_sum([float(batch["completion_mask"].sum())])[0]
         sums = {"loss": 0.0, "kl": 0.0, "clip_ratio/low": 0.0, "clip_ratio/high": 0.0, "entropy": 0.0}
-        grad_norm = 0.0
+        stamps: list[tuple[float, float]] = []
+        grad_norm, sync_s, start = 0.0, 0.0, time.perf_counter()
         self.model.train()
         for update in range(n_updates):
+            first = (update % per_pass) * rows
             for k in range(n_micro):
-                sl = slice((update % per_pass) * mb_rows + k * size, (update % per_pass) * mb_rows + (k + 1) * size)
-                mb = {key: v[sl] for key, v in batch.items()}
-                logps, entropy = self._logps(self.model, mb, with_entropy=True)
-                behaviour = old_logps[sl] if old_logps is not None else logps.detach()
-                is_w = None
-                if use_tis:
-                    is_w = tis_weights(behaviour, mb["sampler_logps"], mb["completion_mask"], self.tis.cap,
-                                       self.tis.level)
-                    for key, v in tis_metrics(behaviour, mb["sampler_logps"], mb["completion_mask"], self.tis.cap,
-                                              self.tis.level).items():
-                        sums[key] = sums.get(key, 0.0) + v / (n_micro * n_updates)
-                entropy_mask = (high_entropy_mask(entropy, mb["completion_mask"], args.top_entropy_quantile)
-                                if args.top_entropy_quantile < 1.0 else None)
-                loss, stats = grpo_loss(
-                    logps, behaviour, shuffled_adv[sl],
-                    mb["completion_mask"], loss_type=args.loss_type, epsilon_low=args.epsilon_low,
-                    epsilon_high=args.epsilon_upper, beta=args.beta,
-                    ref_logps=ref_logps[sl] if ref_logps is not None else None,
-                    max_completion_length=args.max_completion_length, num_micro_batches=n_micro,
-                    # TRL: the generation batch's tokens over processes, scaled to one update's share
-                    num_items_in_batch=global_tokens / sync.world_size / per_pass,
-                    is_weights=is_w, importance_sampling_level=args.importance_sampling_level, delta=args.delta,
-                    use_bias_correction_kl=args.use_bias_correction_kl, entropy_mask=entropy_mask,
-                    sapo_temperature_pos=args.sapo_temperature_pos, sapo_temperature_neg=args.sapo_temperature_neg)
+                mb = {key: v[first + k * size: first + (k + 1) * size] for key, v in batch.items()}
+                loss, stats, entropy, tis = self._micro_batch_loss(
+                    mb, use_tis, n_micro, global_tokens / sync.world_size / per_pass)
                 loss.backward()
                 s = time.perf_counter()
                 sync.after_backward(self.model)
@@ -263,6 +270,8 @@ class GRPOTrainer:
                 sums["clip_ratio/low"] += stats.clip_ratio_low * w
                 sums["clip_ratio/high"] += stats.clip_ratio_high * w
                 sums["entropy"] += float((entropy * mb["completion_mask"]).sum()) / max(processed_tokens, 1.0)
+                for key, v in tis.items():
+                    sums[key] = sums.get(key, 0.0) + v / (n_micro * n_updates)
             s, entered = time.perf_counter(), time.time()  # wall clock: comparable between ranks of one host
             sync.finish(self.updates)
             stamps.append((entered, time.time()))
@@ -280,13 +289,46 @@ class GRPOTrainer:
                 mix_reference(self.ref_model, self.model, args.ref_model_mixup_alpha)
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+        m.update(sums)
+        m["grad_norm"] = grad_norm
         m["time/sync_s"] = sync_s
-        m["time/update_s"] = time.perf_counter() - t - sync_s
-        s = time.perf_counter()
-        self.backend.update_weights(self.model)  # after the all-gather: vLLM gets the full new weights
-        m["time/weight_sync_s"] = time.perf_counter() - s
+        m["time/update_s"] = time.perf_counter() - start - sync_s
+        return stamps
 
-        # 8. Metrics.
+    def _micro_batch_loss(self, mb: dict, use_tis: bool, n_micro: int, num_items_in_batch: float):
+        """(loss, its stats, per-token entropy, TIS metrics) of one micro-batch under the policy."""
+        args = self.args
+        logps, entropy = self._logps(self.model, mb, with_entropy=True)
+        behaviour = mb["old_logps"] if "old_logps" in mb else logps.detach()
+        is_w, tis = None, {}
+        if use_tis:
+            is_w = tis_weights(behaviour, mb["sampler_logps"], mb["completion_mask"], self.tis.cap, self.tis.level)
+            tis = tis_metrics(behaviour, mb["sampler_logps"], mb["completion_mask"], self.tis.cap, self.tis.level)
+        entropy_mask = (high_entropy_mask(entropy, mb["completion_mask"], args.top_entropy_quantile)
+                        if args.top_entropy_quantile < 1.0 else None)
+        loss, stats = grpo_loss(
+            logps, behaviour, mb["advantages"], mb["completion_mask"], loss_type=args.loss_type,
+            epsilon_low=args.epsilon_low, epsilon_high=args.epsilon_upper, beta=args.beta,
+            ref_logps=mb.get("ref_logps"), max_completion_length=args.max_completion_length,
+            num_micro_batches=n_micro,
+            num_items_in_batch=num_items_in_batch,  # TRL: the batch's tokens over processes, one update's share
+            is_weights=is_w, importance_sampling_level=args.importance_sampling_level, delta=args.delta,
+            use_bias_correction_kl=args.use_bias_correction_kl, entropy_mask=entropy_mask,
+            sapo_temperature_pos=args.sapo_temperature_pos, sapo_temperature_neg=args.sapo_temperature_neg)
+        return loss, stats, entropy, tis
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _timed(m: dict, name: str):
+        """Add the block's wall-clock seconds to metric `name`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            m[name] = m.get(name, 0.0) + time.perf_counter() - start
+
+    def _step_metrics(self, m: dict, per_func, rewards: torch.Tensor, advantages: torch.Tensor, gen) -> None:
+        """This process's reward, advantage and completion metrics of the step."""
         for name, values in zip(self.reward_names, per_func):
             v = torch.tensor(values)
             ok = v[~torch.isnan(v)]
@@ -296,28 +338,32 @@ class GRPOTrainer:
         m["rewards/total/mean"] = float(scored.mean()) if len(scored) else math.nan
         m["rewards/total/std"] = float(scored.std()) if len(scored) > 1 else math.nan
         m["advantages/mean"], m["advantages/std"] = float(advantages.mean()), float(advantages.std())
-        m.update(sums)
         lengths = torch.tensor([len(c) for c in gen.completion_ids], dtype=torch.float32)
         m["completions/mean_length"] = float(lengths.mean())
         m["completions/max_length"] = float(lengths.max())
         m["completions/truncated_fraction"] = sum(gen.truncated) / len(gen.truncated)
         m["learning_rate"] = self.scheduler.get_last_lr()[0]
-        m["grad_norm"] = grad_norm
-        m["time/step_s"] = time.perf_counter() - step_start
         m["throughput/tokens_per_s"] = float(lengths.sum()) / m["time/step_s"]
+
+    def _gather_metrics(self, m: dict, stamps: list[tuple[float, float]]) -> dict:
+        """The step's metrics over every process, with the sync wait split into skew and collective."""
         per_rank = [stamps]
-        if sync.world_size > 1:
+        if self.grad_sync.world_size > 1:
             m, gathered = self._reduce_metrics(m, [x for pair in stamps for x in pair])
             per_rank = [list(zip(row[::2], row[1::2])) for row in gathered]
         m["time/sync_skew_s"], m["time/sync_collective_s"] = sync_wait_parts(per_rank)
-        if args.log_completions and self.logger is not None:
-            self.logger.log_completions(self.step + 1, [
-                {"prompt": prompts[i // G], "completion": gen.texts[i], "reward": totals[i],
-                 "advantage": float(advantages[i]),
-                 **{f"rewards/{n}": per_func[j][i] for j, n in enumerate(self.reward_names)},
-                 **{c: v[i] for c, v in extra_columns.items() if i < len(v)}}
-                for i in range(min(args.num_completions_to_print, len(gen.texts)))])
         return m
+
+    def _log_completions(self, prompts, gen, totals, advantages, per_func, extra_columns) -> None:
+        if not (self.args.log_completions and self.logger is not None):
+            return
+        G = self.args.num_generations
+        self.logger.log_completions(self.step + 1, [
+            {"prompt": prompts[i // G], "completion": gen.texts[i], "reward": totals[i],
+             "advantage": float(advantages[i]),
+             **{f"rewards/{n}": per_func[j][i] for j, n in enumerate(self.reward_names)},
+             **{c: v[i] for c, v in extra_columns.items() if i < len(v)}}
+            for i in range(min(self.args.num_completions_to_print, len(gen.texts)))])
 
     # ------------------------------------------------------------------ helpers
     def _reduce_metrics(self, m: dict[str, float], gather: list[float]) -> tuple[dict[str, float], list[list[float]]]:
@@ -381,7 +427,10 @@ class GRPOTrainer:
                                         max_new_tokens=self.args.max_completion_length,
                                         prompt_column=self.data.prompt_column, answer_column=self.data.answer_column,
                                         system_prompt=self.data.system_prompt,
-                                        use_chat_template=self.data.use_chat_template)
+                                        use_chat_template=self.data.use_chat_template,
+                                        num_generations=self.args.num_generations_eval,
+                                        temperature=self.args.temperature, top_p=self.args.top_p,
+                                        seed=self.args.seed + self.step)
 
     def save(self, out_dir: Path) -> Path:
         """Checkpoint on every rank: each writes its RNG state (and optimizer shard), rank 0 seals it."""

@@ -14,9 +14,14 @@ BEGIN, END = "<!-- strategy-table:begin -->", "<!-- strategy-table:end -->"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "distributed.md"
 
 
+def replace_marked(doc: str, begin: str, end: str, text: str) -> str:
+    """`doc` with what stands between the markers `begin` and `end` replaced by `text`."""
+    start, stop = doc.index(begin) + len(begin), doc.index(end)
+    return doc[:start] + "\n" + text + "\n" + doc[stop:]
+
+
 def render(doc: str) -> str:
-    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    return doc[:start] + "\n" + strategy_table() + "\n" + doc[end:]
+    return replace_marked(doc, BEGIN, END, strategy_table())
 
 
 if __name__ == "__main__":

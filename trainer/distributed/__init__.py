@@ -6,7 +6,7 @@
     sharded_optimizer.py  ShardedOptimizer (ZeRO-1 optimizer state)
     launch.py     torchrun per node on real sites, or every rank on this machine; init_from_env
     local.py      spawn_world: a Python function in a world of local processes (tests, benches)
-    checks*.py    correctness checks against hdc.reference, reused by tests and GPU checks
+    (the correctness checks run on it live in trainer/selfcheck/)
     cli.py        `hdc launch` (register(subparsers))
 """
 import importlib

@@ -60,7 +60,7 @@ def spawn_world(fn: Callable, world_size: int, args: Sequence[Any] = (), *, back
     if start_method == "forkserver":
         # torch._dynamo: torch.optim imports it on the first optimizer (seconds per rank)
         ctx.set_forkserver_preload(["torch", "torch.distributed", "torch._dynamo", "numpy", "trainer.distributed.executor",
-                                    "trainer.distributed.grad_sync", "trainer.distributed.checks"])
+                                    "trainer.distributed.grad_sync", "trainer.selfcheck.executor"])
     tmp = tempfile.mkdtemp(prefix="hdc-world-")
     store = os.path.join(tmp, "store")
     q = ctx.Queue()

@@ -1,7 +1,7 @@
 """Correctness checks of the real executor and DistGradientSync, run inside a world.
 
 Shared by the tests (gloo, local processes), `benchmarks/gpu_check.sh` (NCCL) and anyone
-who wants to check a new cluster: `python -m trainer.distributed.checks` under `hdc launch` or
+who wants to check a new cluster: `python -m trainer.selfcheck.executor` under `hdc launch` or
 torchrun runs the executor cases on the world it finds and prints one line per case.
 
 Every case compares this rank's result with (a) hdc.reference on all ranks' inputs (every

@@ -3,6 +3,7 @@ with per-prompt seeded rollouts, must give the same losses and final weights (us
 tests/test_trainer_dp.py; runs inside `spawn_world`)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -59,7 +60,7 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy, sites: int,
     """Train a few steps in this process (see build)."""
     trainer = build(rank, world, assets_root, out, strategy, sites, extra, shard_within_site)
     sync = trainer.grad_sync
-    losses, divergence, rewards, wan_bytes, wan_plan = [], [], [], [], []
+    losses, divergence, rewards, wan_bytes, wan_plan, wan_grad = [], [], [], [], [], []
     plans = getattr(sync, "plans", None)  # a multi-process sync's plan (LocalSync has none)
     while trainer.step < trainer.args.max_steps:
         if plans is not None:
@@ -73,6 +74,7 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy, sites: int,
         if plans is not None:  # cross-site bytes of the parameter sync: measured by the executor, and the plan's
             plan = plans.plan
             wan_bytes.append(sum(sp["bytes"] for sp in sync.last_param_spans if sp["tier"] == "wan"))
+            wan_grad.append(sum(wire_bytes(sp) for sp in sync.last_spans if sp["tier"] == "wan"))
             wan_plan.append(sum(n * plan.wire_bytes(st) for st in plans.param_steps  # completed this update
                                 if st.tier == "wan" and update >= st.lag and st.active(update - st.lag)
                                 for g, (_, n) in zip(st.groups, st.regions) if rank in g))
@@ -85,7 +87,33 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy, sites: int,
     start = {k: v.numpy() for k, v in AutoModelForCausalLM.from_pretrained(trainer.model_path).state_dict().items()}
     moved = max(float(abs(weights[k] - start[k]).max()) for k in start)
     return {"losses": losses, "weights": weights if rank == 0 else None, "divergence": divergence, "moved": moved,
-            "rewards": rewards, "wan_param_bytes": wan_bytes, "wan_param_bytes_plan": wan_plan}
+            "rewards": rewards, "wan_param_bytes": wan_bytes, "wan_param_bytes_plan": wan_plan,
+            "wan_grad_bytes": wan_grad}
+
+
+def differences(reference: dict, results: list[dict]) -> list[str]:
+    """Where a multi-process run departs from the single-process one (`single`): any rank's
+    losses beyond 1e-5 relative (1e-7 absolute), or final weights beyond 1% of the largest
+    update training made (Adam turns summation-order noise in near-zero gradients into steps of
+    up to lr, so a bare relative bound on weights means nothing). Empty when they match."""
+    out = []
+    for r in results:
+        for i, (a, b) in enumerate(zip(r["losses"], reference["losses"])):
+            if not math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7):
+                out.append(f"loss at step {i + 1}: {a!r} vs {b!r}")
+    bound = 0.01 * reference["moved"]
+    for name, w in reference["weights"].items():
+        diff = float(abs(results[0]["weights"][name] - w).max())
+        if diff > bound:
+            out.append(f"{name}: differs by {diff:.2e} > 1% of the largest update ({reference['moved']:.2e})")
+    return out
+
+
+def wire_bytes(span: dict) -> float:
+    """Bytes one member of a span's group sends for it (a ring's): the region's bytes x (p-1)/p,
+    twice for an all-reduce."""
+    p = len(span["group"])
+    return span["bytes"] * (p - 1) / p * (2 if span["op"] == "all_reduce" else 1)
 
 
 def single(assets_root: str, out: str, extra: dict) -> dict:

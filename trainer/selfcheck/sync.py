@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from hdc.strategies import Chunked, DistributedOptimizer, FlatRing, Hierarchical, LocalSGD
-from trainer.distributed.checks import topology_for_world
+from trainer.selfcheck.executor import topology_for_world
 from trainer.distributed.grad_sync import DistGradientSync, model_sync_plans
 from trainer.distributed.groups import ProcessGroups
 
