@@ -240,3 +240,18 @@ def test_num_generations_eval_samples_several_completions_per_held_out_prompt():
     b = evaluate_exact_match(model, tok, rows, max_new_tokens=16, num_generations=3, seed=5, batch_size=4)
     assert a == b and set(a) == {"eval/exact_match", "eval/format", "eval/pass@3"}
     assert a["eval/exact_match"] <= a["eval/pass@3"] <= 1
+
+
+def test_disable_dropout_zeroes_every_dropout_module_as_trl_does(tmp_path):
+    """TRL's disable_dropout: every nn.Dropout of the policy gets p = 0 (its
+    disable_dropout_in_model); off, they are left alone."""
+    assets = tiny_assets()
+    for disable, expected in ((True, 0.0), (False, 0.3)):
+        model = AutoModelForCausalLM.from_pretrained(assets.sft_model)
+        model.model.extra_dropout = torch.nn.Dropout(0.3)  # Qwen2 itself uses functional dropout
+        from transformers import AutoTokenizer
+
+        GRPOTrainer(model=model, reward_funcs=["format"], args=small_args(tmp_path, disable_dropout=disable),
+                    train_dataset=load_jsonl(str(assets.data / "train.jsonl")),
+                    processing_class=AutoTokenizer.from_pretrained(assets.sft_model))
+        assert model.model.extra_dropout.p == expected
