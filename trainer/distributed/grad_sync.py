@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from hdc.errors import UserError
 from hdc.plan import WIRE_BYTES, WIRE_OF_ELEMENT_SIZE
-from hdc.strategies import Strategy, make_strategy
+from hdc.strategies import OuterStep, Strategy, make_strategy
 from hdc.sync import GRAD_DTYPES, SyncPlans, sync_plans
 from hdc.topology import Topology
 from trainer.distributed.executor import PlanExecutor
@@ -57,6 +57,29 @@ def model_sync_plans(strategy: Strategy, topology: Topology, dp_groups, model: t
     grad_wire = grad_wire or native  # the cap counts gradient elements, as DDP's bucket_cap_mb
     cap = max(bucket_cap_bytes // WIRE_BYTES[grad_wire], 1)
     return sync_plans(strategy, topology, dp_groups, [p.numel() for p in order], cap, grad_wire, param_wire or native)
+
+
+def outer_step(anchor: torch.Tensor, momentum_buf: torch.Tensor, mean: torch.Tensor,
+               regions: Sequence[tuple[int, int]], outer: Optional[OuterStep]) -> None:
+    """The outer step on the averaged pseudo-gradient `mean`, in place on `regions` of the
+    anchor (fp32): SGD with Nesterov momentum, torch.optim.SGD's update (buf = m·buf + g;
+    p -= lr·(g + m·buf)); lr 1 and m 0 (no `outer`) is a plain average (anchor - mean)."""
+    lr, momentum = (outer.lr, outer.momentum) if outer else (1.0, 0.0)
+    for off, n in regions:
+        sl = slice(off, off + n)
+        update = mean[sl]
+        if momentum > 0:
+            momentum_buf[sl].mul_(momentum).add_(update)
+            update = update + momentum * momentum_buf[sl]
+        anchor[sl] -= lr * update
+
+
+def divergence(local: torch.Tensor, anchor: torch.Tensor, mean: torch.Tensor,
+               regions: Sequence[tuple[int, int]]) -> float:
+    """||local parameters - replica average|| over `regions`, before the outer step (the
+    average is anchor - mean pseudo-gradient)."""
+    return sum(float(torch.sum((local[o:o + n] - (anchor[o:o + n] - mean[o:o + n])) ** 2))
+               for o, n in regions) ** 0.5
 
 
 class _Bucket:
@@ -404,47 +427,28 @@ class DistGradientSync:
         self._split_into(self.param_buffers, self._anchor - local)
         lag = max(s.lag for s in self.plans.param_steps if s.active(step))
         self.param_exec.start(self.param_buffers, step, "param")
-        self._pending = {"step": step, "apply_at": step + lag, "regions": self._due_regions(step), "local": local}
+        self._pending = {"step": step, "apply_at": step + lag, "regions": self.plans.due_regions(self.rank, step),
+                         "local": local}
 
     def _finish_outer_sync(self) -> None:
-        """Wait for the pseudo-gradient sum, average it, step the anchor where it ran — SGD with
-        Nesterov momentum (torch.optim.SGD's update: buf = m·buf + g; p -= lr·(g + m·buf)), lr 1
-        and m 0 being a plain average — and set those parameters to (1 - alpha) x the new anchor
-        + alpha x their current local values (torchft's fragment_update_alpha; 0 by default)."""
+        """Wait for the pseudo-gradient sum, average it, step the anchor where it ran
+        (`outer_step`), and set those parameters to (1 - alpha) x the new anchor + alpha x their
+        current local values (torchft's fragment_update_alpha; 0 by default)."""
         pending, self._pending = self._pending, None
         step, local = pending["step"], pending["local"]
         self.last_param_spans = [dict(s, train_step=step) for s in self.param_exec.wait()]
         summed = torch.cat(self.param_buffers).float()
         self._params_to(self.param_buffers)
         now = torch.cat(self.param_buffers).float()  # the local parameters after the overlapped steps
-        lr, momentum, alpha = self.plans.outer or (1.0, 0.0, 0.0)
-        divisor = self.plans.param_divisor(self.rank)
-        diverged = 0.0
+        mean = summed / self.plans.param_divisor(self.rank)
+        self.last_divergence = divergence(local, self._anchor, mean, pending["regions"])
+        outer_step(self._anchor, self._momentum, mean, pending["regions"], self.plans.outer)
+        alpha = self.plans.outer.alpha if self.plans.outer else 0.0
         for off, n in pending["regions"]:
             sl = slice(off, off + n)
-            mean = summed[sl] / divisor
-            diverged += float(torch.sum((local[sl] - (self._anchor[sl] - mean)) ** 2))
-            update = mean
-            if momentum > 0:
-                self._momentum[sl].mul_(momentum).add_(mean)
-                update = mean + momentum * self._momentum[sl]
-            self._anchor[sl] -= lr * update
             now[sl] = torch.lerp(self._anchor[sl], now[sl], alpha) if alpha else self._anchor[sl]
-        self.last_divergence = diverged ** 0.5
         self._split_into(self.param_buffers, now)
         self._buffers_to_params()
-
-    def _due_regions(self, step: int) -> list[tuple[int, int]]:
-        """The buffer regions the parameter steps due at `step` cover for this rank, merged."""
-        spans = sorted((o, o + n) for s in self.plans.param_steps if s.active(step)
-                       for g, (o, n) in zip(s.groups, s.regions) if self.rank in g and n > 0)
-        merged: list[list[int]] = []
-        for a, b in spans:
-            if merged and a <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], b)
-            else:
-                merged.append([a, b])
-        return [(a, b - a) for a, b in merged]
 
     def _split_into(self, buffers, flat: torch.Tensor) -> None:
         off = 0

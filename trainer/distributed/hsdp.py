@@ -39,7 +39,7 @@ from hdc.strategies import Strategy, make_strategy
 from hdc.sync import GRAD_DTYPES, SyncPlans, bucket_plans, check_shard_strategy, check_shard_topology
 from hdc.topology import Topology
 from trainer.distributed.executor import PlanExecutor
-from trainer.distributed.grad_sync import DistGradientSync
+from trainer.distributed.grad_sync import DistGradientSync, divergence, outer_step
 from trainer.distributed.groups import DEFAULT_TIMEOUT_S, ProcessGroups, wait_work
 
 
@@ -205,10 +205,8 @@ class HSDPGradientSync:
         """local_sgd: the anchor (the shard at the last outer sync, fp32) is the current shard."""
         if self.plans.param_sync != "average":
             return
-        self._anchor = torch.nn.Parameter(self._shard_of_params().float())
-        lr, momentum = (self.plans.outer or (1.0, 0.0))[:2]
-        self._outer = (None if (lr, momentum) == (1.0, 0.0) else
-                       torch.optim.SGD([self._anchor], lr=lr, momentum=momentum, nesterov=momentum > 0))
+        self._anchor = self._shard_of_params().float()
+        self._momentum = torch.zeros_like(self._anchor)  # the outer SGD's momentum buffer
 
     @contextlib.contextmanager
     def full_parameters(self, model: torch.nn.Module):
@@ -275,19 +273,15 @@ class HSDPGradientSync:
 
     def _outer_sync(self, step: int) -> None:
         """The sites average their shards: the plan's parameter steps sum the pseudo-gradients
-        (anchor - shard), then plain averaging (anchor - mean) or DiLoCo's outer SGD on the anchor."""
+        (anchor - shard), then the outer step on the anchor (grad_sync.outer_step, as unsharded)."""
         local = self._shard_of_params().float()
-        delta = (self._anchor.detach() - local).to(self.dtype)
+        delta = (self._anchor - local).to(self.dtype)
         self.last_param_spans = [dict(s, train_step=step) for s in self.param_exec.run(delta, step, "param")]
         mean = delta.float() / self.plans.param_divisor(self.rank)
-        self.last_divergence = float(torch.linalg.vector_norm(local - (self._anchor.detach() - mean)))
-        with torch.no_grad():
-            if self._outer is None:
-                self._anchor.copy_(self._anchor - mean)
-            else:
-                self._anchor.grad = mean
-                self._outer.step()
-        self._shard_to_params(self._anchor.detach().to(self.dtype))
+        whole = [(0, self.plans.plan.numel)]
+        self.last_divergence = divergence(local, self._anchor, mean, whole)
+        outer_step(self._anchor, self._momentum, mean, whole, self.plans.outer)
+        self._shard_to_params(self._anchor.to(self.dtype))
 
     def _broadcast(self, model: torch.nn.Module) -> None:
         with torch.no_grad():
