@@ -40,6 +40,17 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
+def merge_intervals(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[lo, hi) intervals as sorted (offset, numel) regions, touching or overlapping ones merged."""
+    merged: list[list[int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b - a) for a, b in merged]
+
+
 @dataclass(frozen=True)
 class Step:
     """One collective, run by every group in `groups` at once, each on its own region.
@@ -151,13 +162,7 @@ class Plan:
                 else:
                     inside = [(off, off + n)]
                 owned = sorted(rest + [iv for iv in inside if iv[1] > iv[0]])
-        merged: list[list[int]] = []
-        for a, b in owned:
-            if merged and merged[-1][1] == a:
-                merged[-1][1] = b
-            else:
-                merged.append([a, b])
-        return [(a, b - a) for a, b in merged] or [(0, 0)]
+        return merge_intervals(owned) or [(0, 0)]
 
     def contributors(self, rank: int, phase: str = "grad") -> int:
         """How many ranks' buffers are summed into what `rank` holds after the `phase` steps

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from hdc.errors import UserError
-from hdc.plan import WIRE_BYTES, Plan
+from hdc.plan import WIRE_BYTES, Plan, merge_intervals
 from hdc.strategies import OuterStep, Strategy
 from hdc.topology import Topology
 
@@ -83,15 +83,8 @@ class SyncPlans:
     def due_regions(self, rank: int, train_step: int) -> list[tuple[int, int]]:
         """The buffer regions the parameter steps due at `train_step` cover for `rank`, merged:
         all of it for local_sgd, one fragment for streaming_local_sgd."""
-        spans = sorted((o, o + n) for s in self.param_steps if s.active(train_step)
-                       for g, (o, n) in zip(s.groups, s.regions) if rank in g and n > 0)
-        merged: list[list[int]] = []
-        for a, b in spans:
-            if merged and a <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], b)
-            else:
-                merged.append([a, b])
-        return [(a, b - a) for a, b in merged]
+        return merge_intervals((o, o + n) for s in self.param_steps if s.active(train_step)
+                               for g, (o, n) in zip(s.groups, s.regions) if rank in g and n > 0)
 
     @property
     def period(self) -> int:
