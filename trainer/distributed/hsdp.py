@@ -20,8 +20,9 @@ wire; local_sgd has no gradient steps there (FSDP2 is its inner sync) and every 
 averages the sites' parameter shards with its outer step. `finish()` waits for the plan,
 divides by the sites summed and writes the result into the sharded gradients.
 
-Not supported (refused by the config): flat_ring (no in-site phase to hand to FSDP2) and
-distributed_optimizer (FSDP2 already shards the optimizer state inside the site).
+Not supported (refused by the config, hdc.sync.HSDP_REFUSED): flat_ring (no in-site phase to
+hand to FSDP2), distributed_optimizer (FSDP2 already shards the optimizer state inside the
+site) and streaming_local_sgd (fragment syncs of sharded parameters).
 """
 from __future__ import annotations
 
