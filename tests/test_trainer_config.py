@@ -67,6 +67,11 @@ def test_grpo_config_built_in_python_gets_the_recipe_checks():
     ("grpo.scale_rewards=std", "grpo.scale_rewards: must be one of group, batch, none"),
     ("rewards=[]", "rewards: must list at least one"),
     ("grpo.reward_weights=[1,2]", "grpo.reward_weights: set weights per function in rewards[i].weight"),
+    ("grpo.num_generations_eval=0", "grpo.num_generations_eval: must be an integer >= 1 and <= 1024, got 0"),
+    ("distributed.grad_dtype=float16", "distributed.grad_dtype: must be one of float32, bfloat16, got 'float16'"),
+    ("distributed.shard_within_site=maybe", "distributed.shard_within_site: must be true or false, got 'maybe'"),
+    ("distributed.chunks=2", "distributed.chunks: not a knob of strategy flat_ring"),
+    ("distributed.bucket_size_mb=.inf", "distributed.bucket_size_mb: must be a number > 0 and <= 1000000.0, got inf"),
 ])
 def test_mistakes_name_the_field(override, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
