@@ -99,12 +99,14 @@ def test_wan_cut_mid_run_ends_every_rank_in_time_then_resume_continues(emu, tmp_
         launch.stop(procs)
     assert not hung, f"ranks {hung} still running {TIMEOUT_S + MARGIN_S:g} s after the WAN was cut"
     texts = {r: (logs / f"rank{r}.log").read_text() for r in range(len(procs))}
+    last_fail = []
     for r, p in enumerate(procs):
         assert p.returncode != 0, f"rank {r} exited 0 after the cut:\n{texts[r][-2000:]}"
         fail = [line for line in texts[r].splitlines() if "hdc: " in line and "failed after" in line]
         assert fail, f"rank {r}: no collective failure message:\n{texts[r][-3000:]}"
         assert "group [" in fail[-1] or "over the world" in fail[-1], fail[-1]
-        assert "site-a" in fail[-1] and "site-b" in fail[-1], fail[-1]  # the message names the sites
+        assert "site-" in fail[-1], fail[-1]  # the message names the sites of its group
+        last_fail.append(fail[-1])
         print(f"rank {r} exited {exit_s[r]:.2f} s after the cut (rc {p.returncode}): {fail[-1].strip()[:240]}")
     # the first cross-site collective after the cut is the one that fails: a bucket of the gradient
     # sync (the executor names the group and its sites) or, if the cut lands in generation/scoring,
@@ -113,6 +115,9 @@ def test_wan_cut_mid_run_ends_every_rank_in_time_then_resume_continues(emu, tmp_
         for line in t.splitlines():
             if "hdc: collective" in line and "failed after" in line:
                 assert "site-" in line, line  # e.g. "group [1, 3]: site-a<->site-b"
+    # a rank whose cross-site exchange had already finished stalls next on an in-site collective
+    # (its site peer is the one stuck on the WAN), so only some ranks see the WAN group itself
+    assert any("site-a" in line and "site-b" in line for line in last_fail), last_fail
     assert max(exit_s.values()) < TIMEOUT_S + MARGIN_S
 
     ckpt = ks.latest_pointer(out)
