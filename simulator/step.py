@@ -32,7 +32,7 @@ from hdc.workload import Workload
 from simulator.collectives import Template, coflow_bytes, link_capacities, run_exact, start_coflow, step_template
 from simulator.model import SimConstants, op_costs
 from simulator.network import Network, Routes, atoms
-from simulator.pipeline import Pipeline, ideal_bubble_s
+from simulator.pipeline import PipelineSchedule, ideal_bubble_s
 
 
 @dataclass
@@ -128,11 +128,13 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
         pipes = [[[placement.gpu_of[(d, s, 0)] for d in range(par.dp)] for s in range(pp)]]
         groups = [[placement.gpu_of[(d, s, 0)] for d in range(par.dp)] for s in range(pp)]
         gpu_names = routes.gpu_names
+        width = placement.width
 
-        def mult(link):  # links of other TP ranks' GPUs are images, not shared
-            return 1 if (link[0] in gpu_names or link[1] in gpu_names) else tp
+        def mult(link):  # links of other TP/CP ranks' GPUs are images, not shared
+            return 1 if (link[0] in gpu_names or link[1] in gpu_names) else width
     else:
-        pipes = [[[placement.gpu_of[(d, s, t)]] for s in range(pp)] for d in range(par.dp) for t in range(tp)]
+        pipes = [[[placement.gpu_of[(d, s, t)]] for s in range(pp)] for d in range(par.dp)
+                 for t in range(placement.width)]
         groups = placement.dp_groups()
 
         def mult(link):
@@ -177,7 +179,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
         resource_of = of.__getitem__
         tier_of_res = defaultdict(lambda: defaultdict(float))
         for link, a in of.items():
-            tier_of_res[a][routes.links[link].tier] += 1 if mult(link) == tp else tp
+            tier_of_res[a][routes.links[link].tier] += 1 if mult(link) == placement.width else placement.width
     else:
         net = Network(env, caps)
         resource_of = None
@@ -185,7 +187,10 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
 
     # -- compute and TP costs ------------------------------------------------------------------
     tp_s, tp_bytes = _tp_collective(routes, placement, workload, constants)
-    costs = op_costs(workload, topology.gpu.peak_flops, constants, tp_s, tp_bytes)
+    cp_s, cp_bytes = _cp_exchange(routes, placement, workload, constants)
+    costs = op_costs(workload, topology.gpu, constants, tp_s, tp_bytes, cp_s)
+    stage_f = [costs.forward_s[v] + costs.tp_forward_s[v] for v in range(pp * vpp)]
+    stage_b = [costs.backward_s[v] + costs.tp_backward_s[v] for v in range(pp * vpp)]
     clock = GradientClock(plan.numel, vpp)
     spans: list = [] if timeline else None
 
@@ -228,8 +233,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
             return start_coflow(net, "send_recv", tpl, costs.p2p_bytes, 1, resource_of)
         return send
 
-    pipelines = [Pipeline(env, pp, vpp, m, costs.forward_s + costs.tp_forward_s,
-                          costs.backward_s + costs.tp_backward_s, make_send(pi),
+    pipelines = [PipelineSchedule(env, pp, vpp, m, stage_f, stage_b, make_send(pi),
                           lambda s, j: param_waits.get((s, j), []),
                           lambda s, j, t0, d, pi=pi: on_last_backward(pi, s, j, t0, d),
                           spans=spans if pi == 0 else None, name="pipeline", stage_factors=stage_factors)
@@ -243,9 +247,9 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
         if key in post:
             deps.append(optimizer_done)
         if st.phase == "grad":
-            if st.trigger:
+            if st.trigger and workload.overlap_grad_reduce:
                 deps += [trig[(pi, s, st.trigger)] for pi in range(len(pipes))]
-            elif not st.deps:
+            elif not st.deps or not workload.overlap_grad_reduce:
                 deps += [p.done[s] for p in pipelines]
         if deps:
             yield simpy.AllOf(env, deps)
@@ -302,10 +306,14 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
     # -- breakdown (per GPU of the critical stage; sums to the step time) -------------------------
     pipe_end = max(pipelines[0].end_s)
     param_wait = max(pipelines[0].param_wait_s)
-    compute = m * vpp * (costs.forward_s + costs.backward_s) * max(stage_factors or [1.0])
-    tp_exposed = m * vpp * (costs.tp_forward_s + costs.tp_backward_s)
-    ideal = ideal_bubble_s(pp, vpp, vpp * (costs.forward_s + costs.tp_forward_s),
-                           vpp * (costs.backward_s + costs.tp_backward_s))
+    # the critical stage: the one with the most work per step (uneven stages, the last one's logits)
+    factors = stage_factors or [1.0] * pp
+    per_stage = [sum(stage_f[j * pp + s] + stage_b[j * pp + s] for j in range(vpp)) * factors[s] for s in range(pp)]
+    crit = max(range(pp), key=per_stage.__getitem__)
+    chunks = [j * pp + crit for j in range(vpp)]
+    compute = m * sum(costs.forward_s[v] + costs.backward_s[v] for v in chunks) * factors[crit]
+    tp_exposed = m * sum(costs.tp_forward_s[v] + costs.tp_backward_s[v] for v in chunks)
+    ideal = ideal_bubble_s(pp, vpp, sum(stage_f[v] for v in chunks), sum(stage_b[v] for v in chunks))
     rest = max(pipe_end - param_wait - compute - tp_exposed, 0.0)
     bubble = min(rest, ideal)
     dp_exposed = param_wait + (marks["grads"] - pipe_end) + (T - marks["grads"] - opt_s)
@@ -314,7 +322,9 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
     for res, b in net.bytes_by_resource.items():
         for tier, count in tier_of_res[res].items():
             bytes_by_tier[tier] += b * count
-    bytes_by_tier["intra_node"] += costs.tp_bytes_per_op * m * vpp * par.world_size
+    bytes_by_tier["intra_node"] += costs.tp_bytes_per_microbatch * m
+    if cp_bytes:
+        bytes_by_tier[cp_bytes[0]] += cp_bytes[1] * m
     return RunStats(T, compute, tp_exposed, bubble, rest - bubble, dp_exposed, opt_s, pipe_end,
                     dict(bytes_by_tier), routes.tier_capacity(), plan, owned, 0, net.flows_started, spans or [])
 
@@ -333,3 +343,22 @@ def _tp_collective(routes: Routes, placement, workload: Workload, constants: Sim
     ev = start_coflow(net, "all_gather", tpl, numel, constants.activation_bytes)
     env.run(ev)
     return env.now, coflow_bytes("all_gather", tpl, numel, constants.activation_bytes)
+
+
+def _cp_exchange(routes: Routes, placement, workload: Workload, constants: SimConstants) -> tuple[float, tuple | None]:
+    """Context parallelism's ring of K/V blocks for one layer and micro-batch (an all-gather of this
+    rank's K and V over the CP group, timed alone) and (tier, bytes all GPUs send per micro-batch:
+    forward once, backward twice for dK/dV, all layers)."""
+    par, m = workload.parallel, workload.model
+    if par.cp < 2:
+        return 0.0, None
+    group = tuple(placement.cp_group())
+    env = simpy.Environment()
+    net = Network(env, link_capacities(routes, constants.link_efficiency()))
+    tpl = step_template(routes, "all_gather", (group,))
+    numel = 2 * par.micro_batch_size * (m.seq_len // par.cp) * m.kv_heads * m.head_dim // par.tp
+    env.run(start_coflow(net, "all_gather", tpl, numel, constants.activation_bytes))
+    per_gpu = coflow_bytes("all_gather", tpl, numel, constants.activation_bytes)
+    gpus = par.world_size // par.pp
+    tier = routes.topology.tier_between(group[0], group[1])
+    return env.now, (tier, 3 * m.layers * per_gpu * gpus)
