@@ -53,7 +53,7 @@ def test_placement_keeps_pipelines_inside_a_site():
     ({"model": "llama-3-8b", "parallel": {"tp": 0}}, "parallel.tp: must be an integer > 0"),
     ({"model": "llama-3-8b", "parallel": {"dp": 3, "global_batch_size": 4}}, "parallel.global_batch_size: must be a multiple"),
     ({"model": "llama-3-8b", "parallel": {"pp": 5}}, "parallel.pp: pp × vpp (5) must divide"),
-    ({"model": "llama-3-8b", "grad_bytes": 3}, "grad_bytes: must be one of 2, 4"),
+    ({"model": "llama-3-8b", "grad_bytes": 3}, "grad_bytes: must be one of 1, 2, 4, got 3"),
 ])
 def test_workload_mistakes(data, message):
     with pytest.raises(UserError) as e:
