@@ -111,7 +111,7 @@ def simulate(topology: Union[Topology, str], workload: Union[Workload, str], str
         tokens_per_s=work.tokens_per_step / step_s,
         scaling_efficiency=(single_s / step_s) if single_s else None, single_site_step_time_s=single_s,
         tiers=tiers, memory=memory.estimate(work, dist), memory_alternative=memory.estimate(work, not dist),
-        distributed_optimizer=dist, constants=asdict(constants),
+        distributed_optimizer=dist, gpu_memory_bytes=topo.gpu.memory_bytes, constants=asdict(constants),
         assumptions=faults.describe() + assumptions(topo, work, strat, constants, stats),
         events={"flows": stats.flows, "plan_steps": len(stats.plan.steps)}, spans=stats.spans)
 
