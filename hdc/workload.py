@@ -112,6 +112,8 @@ class Workload:
     recompute: str = meta("activation recomputation: none, selective (attention core, Korthikanti et al. "
                           "2022) or full (every layer's forward again in backward)",
                           choices=("none", "selective", "full"), default="selective")
+    flash_attention: bool = meta("fused attention that never stores the s × s scores (memory; with "
+                                 "recompute none the scores are kept otherwise)", default=True)
     fp8: bool = meta("GEMMs in FP8 (the GPU's FP8 peak; attention and elementwise stay bf16)", default=False)
     sequence_parallel: bool = meta("norms and residuals split over the TP ranks (Megatron "
                                    "--sequence-parallel); false: replicated on each", default=True)

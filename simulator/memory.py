@@ -36,12 +36,13 @@ class Memory:
 def activation_bytes(workload: Workload) -> float:
     """Activations the first pipeline stage holds at its peak. Per layer and micro-batch with
     TP + sequence parallelism (Korthikanti et al. 2022, eq. 2 and Table 2): none s·b·h·(34 +
-    5·a·s/h)/tp, selective s·b·h·34/tp (flash attention / recomputed attention core), full
+    5·a·s/h)/tp (the 5·a·s/h attention scores are not kept with flash attention), selective s·b·h·34/tp (flash attention / recomputed attention core), full
     s·b·h·2/tp (only each layer's input is kept). s is the rank's s/cp tokens."""
     m, p = workload.model, workload.parallel
     s = m.seq_len / p.cp
     sbh = s * p.micro_batch_size * m.hidden
-    per_layer = {"none": sbh * (34 + 5 * m.heads * s / m.hidden) / p.tp, "selective": sbh * 34 / p.tp,
+    scores = 0 if workload.flash_attention else 5 * m.heads * s / m.hidden
+    per_layer = {"none": sbh * (34 + scores) / p.tp, "selective": sbh * 34 / p.tp,
                  "full": sbh * 2 / p.tp}[workload.recompute]
     in_flight = min(p.pp, p.micro_batches) / p.pp  # fewer micro-batches than stages: fewer in flight
     interleave = 1 + (p.pp - 1) / (p.pp * p.vpp) if p.vpp > 1 else 1.0

@@ -6,10 +6,11 @@ Every number the step model uses that is not in the topology or the workload is 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Optional
 
 from hdc.config import meta
 from hdc.workload import Workload
-from simulator.compute import layer_times, logits_times
+from simulator.compute import GENERATIONS, layer_times, logits_times
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,9 @@ class SimConstants:
     pp_scatter_gather: bool = meta(
         "each TP rank sends 1/tp of the activation between stages (Megatron scatter-gather)",
         default=True)
-    hbm_bandwidth_Bps: float = meta(
-        "GPU memory bandwidth for the optimizer step (H100 SXM: 3.35 TB/s)", gt=0.0, default=3.35e12)
+    hbm_bandwidth_Bps: Optional[float] = meta(
+        "GPU memory bandwidth for the optimizer step and memory-bound operators; default: the GPU "
+        "generation's (simulator.compute.GENERATIONS: A100 2.039 TB/s, H100 3.35 TB/s)", gt=0.0, default=None)
     optimizer_bytes_per_param: float = meta(
         "HBM bytes an Adam step moves per owned parameter: reads fp32 grad, master, m, v (16), "
         "writes master, m, v (12) and the bf16 weight (2)", gt=0.0, default=30.0)
@@ -39,6 +41,10 @@ class SimConstants:
     wan_efficiency: float = meta("achieved goodput fraction of WAN capacity (ASSUMPTION: 0.9 for RDMA/TCP "
                                  "over long-haul links; intra-site losses are folded into compute_efficiency "
                                  "by calibration)", gt=0.0, le=1.0, default=0.9)
+
+    def hbm_Bps(self, generation: str) -> float:
+        """HBM bandwidth: this constant when set, else the GPU generation's."""
+        return self.hbm_bandwidth_Bps or GENERATIONS[generation].hbm_bandwidth_Bps
 
     def link_efficiency(self) -> dict[str, float]:
         return {"intra_node": self.intra_node_efficiency, "intra_pod": self.intra_pod_efficiency,

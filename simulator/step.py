@@ -272,7 +272,7 @@ def run_step(topology: Topology, workload: Workload, strategy: Strategy, constan
         env.process(run_sub(key))
 
     owned = sum(n for _, n in plan.owned_regions(groups[0][0]))
-    opt_s = owned * constants.optimizer_bytes_per_param / constants.hbm_bandwidth_Bps
+    opt_s = owned * constants.optimizer_bytes_per_param / constants.hbm_Bps(topology.gpu.generation)
     grad_done = [done[k] for k in sub if k not in pre and k not in post and k not in lagged]
     marks = {}
 
