@@ -12,6 +12,7 @@ from hdc.strategies import Strategy, make_strategy
 from hdc.topology import Topology, load_topology
 from hdc.workload import Workload, load_workload
 from simulator import memory
+from simulator.compute import GENERATIONS
 from simulator.faults import Faults, apply_to_topology, stage_factors
 from simulator.model import SimConstants
 from simulator.result import Breakdown, Result, TierUse, wan_summary
@@ -62,6 +63,12 @@ def _average(topology, workload, strategy, constants, train_step, aggregate, tim
     return stats, total / period
 
 
+def check_fp8(topo: Topology, work: Workload) -> None:
+    if work.fp8 and not GENERATIONS[topo.gpu.generation].fp8_speedup:
+        raise UserError(f"fp8: the GPU generation {topo.gpu.generation} has no FP8 tensor cores "
+                        f"(set fp8: false, or gpu.generation hopper)")
+
+
 def simulate(topology: Union[Topology, str], workload: Union[Workload, str], strategy: Union[Strategy, str],
              constants: Optional[SimConstants] = None, *, baseline: bool = True, timeline: bool = False,
              train_step: Optional[int] = None, aggregate: bool = True, rounds: str = "coflow",
@@ -75,6 +82,7 @@ def simulate(topology: Union[Topology, str], workload: Union[Workload, str], str
     if rounds == "exact" and aggregate:
         raise ValueError("rounds='exact' needs aggregate=False")
     topo, work, strat = _resolve(topology, workload, strategy)
+    check_fp8(topo, work)
     constants = constants or SimConstants()
     faults = faults or Faults()
     healthy = topo

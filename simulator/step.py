@@ -356,7 +356,8 @@ def _cp_exchange(routes: Routes, placement, workload: Workload, constants: SimCo
     env = simpy.Environment()
     net = Network(env, link_capacities(routes, constants.link_efficiency()))
     tpl = step_template(routes, "all_gather", (group,))
-    numel = 2 * par.micro_batch_size * (m.seq_len // par.cp) * m.kv_heads * m.head_dim // par.tp
+    # the gathered buffer: every rank's K and V block (each rank sends its own cp - 1 times)
+    numel = par.cp * 2 * par.micro_batch_size * (m.seq_len // par.cp) * m.kv_heads * m.head_dim // par.tp
     env.run(start_coflow(net, "all_gather", tpl, numel, constants.activation_bytes))
     per_gpu = coflow_bytes("all_gather", tpl, numel, constants.activation_bytes)
     gpus = par.world_size // par.pp
