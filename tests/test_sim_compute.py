@@ -134,3 +134,17 @@ def test_new_workload_fields_bad_input(data, message):
     with pytest.raises(UserError) as e:
         workload_from_dict({"model": MODEL, "parallel": parallel, **data})
     assert message in str(e.value)
+
+
+def test_nemotron_presets_fit_80gb_with_the_distributed_optimizer_and_tp1_does_not():
+    from hdc.strategies import make_strategy
+    from hdc.topology import load_topology
+    from hdc.workload import load_workload
+
+    two, work = load_topology("nemotron-2dc"), load_workload("nemotron-4-340b")
+    strat = make_strategy("chunked", chunks=8, inner="distributed_optimizer", overlap_backward=True)
+    r = simulate(two, work, strat, SimConstants(), baseline=False)
+    assert r.fits and r.memory.total_bytes < 80e9 and r.fit_warning() is None
+    work.parallel.tp, work.parallel.dp, work.parallel.global_batch_size = 1, 256, 3072
+    r = simulate(two, work, strat, SimConstants(), baseline=False)
+    assert not r.fits and "does not fit" in r.fit_warning()
