@@ -25,9 +25,9 @@ def result_row(result) -> dict[str, Any]:
     }
 
 
-def simulate_row(parts: dict) -> dict[str, Any]:
+def simulate_row(parts: dict, cache=None) -> dict[str, Any]:
     from simulator import simulate
 
     result = simulate(parts["topology"], parts["workload"], parts["strategy"], constants_from(parts["sim"]),
-                      faults=parts.get("faults"))
+                      faults=parts.get("faults"), cache=cache)
     return result_row(result)
