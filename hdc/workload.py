@@ -117,9 +117,10 @@ class Workload:
     fp8: bool = meta("GEMMs in FP8 (the GPU's FP8 peak; attention and elementwise stay bf16)", default=False)
     sequence_parallel: bool = meta("norms and residuals split over the TP ranks (Megatron "
                                    "--sequence-parallel); false: replicated on each", default=True)
-    shard_params: bool = meta("FSDP / ZeRO-3: parameters, gradients and optimizer states sharded over the DP "
-                              "ranks of a site; each layer's parameters all-gathered in forward and again in "
-                              "backward, its gradients reduce-scattered", default=False)
+    shard_params: bool = meta("FSDP / ZeRO-3 inside each site: parameters, gradients and optimizer states "
+                              "sharded over the site's DP ranks; each layer's parameters all-gathered in "
+                              "forward and again in backward, its gradients reduce-scattered, every "
+                              "micro-batch; the strategy syncs each rank's shard across sites", default=False)
     bucket_numel: int = meta("gradient elements per bucket for overlapped reduction (Megatron default 40M)",
                              gt=0, default=40_000_000)
 
@@ -190,16 +191,16 @@ class Workload:
         """Gradient bytes each DP rank must synchronize per step."""
         return self.params_per_rank * self.grad_bytes
 
-    def param_numels(self) -> list[int]:
-        """The per-rank gradient buffer as parameters in production order, for bucketing
-        (hdc.sync): tensors are not modelled one by one, so the buffer is parameters of
-        bucket_numel elements (the last takes the remainder) and buckets are exactly
-        bucket_numel, as Megatron's buffer makes them."""
-        return self.buckets()
+    def param_numels(self, numel: Optional[int] = None) -> list[int]:
+        """The per-rank gradient buffer (default params_per_rank elements; with shard_params, a
+        rank's shard) as parameters in production order, for bucketing (hdc.sync): tensors are
+        not modelled one by one, so the buffer is parameters of bucket_numel elements (the last
+        takes the remainder) and buckets are exactly bucket_numel, as Megatron's buffer makes them."""
+        return self.buckets(numel)
 
-    def buckets(self) -> list[int]:
+    def buckets(self, numel: Optional[int] = None) -> list[int]:
         """Gradient bucket sizes in elements (last bucket takes the remainder)."""
-        numel = self.params_per_rank
+        numel = self.params_per_rank if numel is None else numel
         per = self.bucket_numel
         out = [per] * (numel // per)
         if numel % per:

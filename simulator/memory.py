@@ -50,18 +50,19 @@ def activation_bytes(workload: Workload) -> float:
     return per_layer * layers * in_flight * interleave
 
 
-def estimate(workload: Workload, distributed_optimizer: bool) -> Memory:
+def estimate(workload: Workload, distributed_optimizer: bool, sites: int = 1) -> Memory:
     """Peak per-GPU memory of the largest pipeline stage. Gradients in `grad_bytes` (Megatron's
     grad buffer: bf16 with the distributed optimizer unless reduced in fp32). With shard_params
-    (FSDP / ZeRO-3) weights, gradients and optimizer states are split over the DP ranks and the
-    two layers being gathered (current + prefetched) are held whole."""
+    (FSDP / ZeRO-3) weights, gradients and optimizer states are split over a site's DP ranks
+    (dp / sites) and the two layers being gathered (current + prefetched) are held whole."""
     n = workload.params_per_rank
     p = workload.parallel
     if workload.shard_params:
+        shards = p.dp // sites
         gathered = 2 * workload.model.params_per_layer / p.tp * workload.param_bytes
-        return Memory(weights_bytes=n * workload.param_bytes / p.dp + gathered,
-                      grads_bytes=n * workload.grad_bytes / p.dp,
-                      optimizer_bytes=n * OPTIMIZER_BYTES_PER_PARAM / p.dp,
+        return Memory(weights_bytes=n * workload.param_bytes / shards + gathered,
+                      grads_bytes=n * workload.grad_bytes / shards,
+                      optimizer_bytes=n * OPTIMIZER_BYTES_PER_PARAM / shards,
                       activations_bytes=activation_bytes(workload))
     shards = p.dp if distributed_optimizer else 1
     return Memory(weights_bytes=n * workload.param_bytes, grads_bytes=n * workload.grad_bytes,

@@ -60,7 +60,7 @@ class OpCosts:
     (one micro-batch through that stage's layers)."""
     forward_s: list[float]  # compute only
     backward_s: list[float]  # compute, recomputation included
-    tp_forward_s: list[float]  # exposed TP (and CP) communication
+    tp_forward_s: list[float]  # exposed TP (and CP, FSDP) communication
     tp_backward_s: list[float]
     p2p_bytes: int  # activation (or its gradient) one TP rank sends to the next stage
     tp_bytes_per_microbatch: float  # bytes all GPUs send over NVLink for TP in one micro-batch, all stages
@@ -73,15 +73,19 @@ def virtual_stage_layers(workload: Workload) -> list[int]:
     return [per_stage[vs % p.pp] // p.vpp for vs in range(p.pp * p.vpp)]
 
 
-def op_costs(workload: Workload, gpu, constants: SimConstants,
-             tp_collective_s: float, tp_collective_bytes: float, cp_exchange_s: float = 0.0) -> OpCosts:
+def op_costs(workload: Workload, gpu, constants: SimConstants, tp_collective_s: float,
+             tp_collective_bytes: float, cp_exchange_s: float = 0.0,
+             fsdp_s: tuple[float, float] = (0.0, 0.0)) -> OpCosts:
     """Compute per virtual stage from the shape-aware roofline (simulator.compute): its layers,
     plus the output projection on the last one. TP with sequence parallelism: per layer 2
     all-gathers and 2 reduce-scatters of the activation in forward, and again in backward
     (Korthikanti et al. 2022), 4 more when full recomputation redoes the forward;
     `tp_collective_s` is one of them on the node's NVLink. Context parallelism's K/V ring
     (`cp_exchange_s` per layer, forward; twice in backward for dK/dV) hides under the attention
-    core and is exposed only where it is longer."""
+    core and is exposed only where it is longer. FSDP's per-layer all-gather (`fsdp_s[0]`,
+    forward and backward) and reduce-scatter (`fsdp_s[1]`, backward) are prefetched under the
+    neighbouring layer's compute and exposed only where longer. The exposed TP, CP and FSDP
+    communication together form `tp_forward_s` / `tp_backward_s`."""
     m, p = workload.model, workload.parallel
     eff = constants.compute_efficiency
     layer = layer_times(workload, gpu.peak_flops, eff, gpu.generation, constants.activation_bytes)
@@ -89,14 +93,16 @@ def op_costs(workload: Workload, gpu, constants: SimConstants,
     attn_f = layer.by_op["attention"][0]
     cp_f = max(cp_exchange_s - attn_f, 0.0)
     cp_b = max(2 * cp_exchange_s - 2 * attn_f, 0.0)
+    fsdp_f = max(fsdp_s[0] - layer.forward_s, 0.0)
+    fsdp_b = max(fsdp_s[0] + fsdp_s[1] - layer.backward_s, 0.0)
     tp_per_layer = tp_collective_s * (1.0 - constants.tp_comm_overlap) if p.tp > 1 else 0.0
     full = workload.recompute == "full"
     layers = virtual_stage_layers(workload)
     last = len(layers) - 1
     fwd = [n * layer.forward_s + (logit_f if vs == last else 0.0) for vs, n in enumerate(layers)]
     bwd = [n * layer.backward_s + (logit_b if vs == last else 0.0) for vs, n in enumerate(layers)]
-    tp_f = [n * (4 * tp_per_layer + cp_f) for n in layers]
-    tp_b = [n * ((8 if full else 4) * tp_per_layer + cp_b + (cp_f if full else 0.0)) for n in layers]
+    tp_f = [n * (4 * tp_per_layer + cp_f + fsdp_f) for n in layers]
+    tp_b = [n * ((8 if full else 4) * tp_per_layer + cp_b + (cp_f if full else 0.0) + fsdp_b) for n in layers]
     act = p.micro_batch_size * m.seq_len // p.cp * m.hidden * constants.activation_bytes
     p2p = act // p.tp if constants.pp_scatter_gather else act
     collectives = (12 if full else 8) * m.layers

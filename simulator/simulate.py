@@ -116,7 +116,8 @@ def simulate(topology: Union[Topology, str], workload: Union[Workload, str], str
         mfu=work.step_flops() / (step_s * gpus * topo.gpu.peak_flops),
         tokens_per_s=work.tokens_per_step / step_s,
         scaling_efficiency=(single_s / step_s) if single_s else None, single_site_step_time_s=single_s,
-        tiers=tiers, memory=memory.estimate(work, dist), memory_alternative=memory.estimate(work, not dist),
+        tiers=tiers, memory=memory.estimate(work, dist, len(topo.sites)),
+        memory_alternative=memory.estimate(work, not dist, len(topo.sites)),
         distributed_optimizer=dist, gpu_memory_bytes=topo.gpu.memory_bytes, constants=asdict(constants),
         assumptions=faults.describe() + assumptions(topo, work, strat, constants, stats),
         events={"flows": stats.flows, "plan_steps": len(stats.plan.steps)}, spans=stats.spans)

@@ -33,7 +33,8 @@ from simulator.collectives import Template, link_capacities, run_exact, start_co
 from simulator.model import SimConstants, op_costs
 from simulator.network import Network, Routes, atoms
 from simulator.pipeline import PipelineSchedule, ideal_bubble_s
-from simulator.step_inputs import GradientClock, cp_exchange, dp_plan, tp_collective, workload_sync_plans
+from simulator.step_inputs import (GradientClock, cp_exchange, dp_plan, fsdp_collectives, tp_collective,
+                                  workload_sync_plans)
 
 __all__ = ["RunStats", "run_step", "dp_plan", "workload_sync_plans"]
 
@@ -88,7 +89,7 @@ class StepSimulation:
         self.env = simpy.Environment()
         self.spans: list | None = [] if timeline else None
         self._choose_ranks()
-        self.plan = dp_plan(strategy, topology, workload, self.groups, cache)
+        self.plan = dp_plan(strategy, topology, workload, self.groups, cache, self.plan_numel)
         self._split_plan(train_step)
         self._build_network()
         self._price_compute()
@@ -110,6 +111,15 @@ class StepSimulation:
             self.pipes = [[[gpu_of[(d, s, t)]] for s in range(self.pp)] for d in range(par.dp) for t in range(width)]
             self.groups = self.placement.dp_groups()
             self.mult = lambda link: 1
+        if self.workload.shard_params:  # FSDP inside each site; the strategy syncs rank j's shard across sites
+            sites = len(self.topology.sites)
+            per_site = par.dp // sites
+            ts = range(1 if self.aggregate else width)
+            self.groups = [[gpu_of[(si * per_site + j, s, t)] for si in range(sites)]
+                           for s in range(self.pp) for t in ts for j in range(per_site)]
+            self.plan_numel = -(-self.workload.params_per_rank // per_site)
+        else:
+            self.plan_numel = None
         self.stage_of = {g: s for (d, s, t), g in gpu_of.items()}
         self._templates: dict = {}
         self._shared_templates = self.routes.templates.setdefault((self.aggregate, width), {})
@@ -159,7 +169,9 @@ class StepSimulation:
     def _price_compute(self) -> None:
         tp_s, tp_bytes = tp_collective(self.routes, self.placement, self.workload, self.constants)
         cp_s, self.cp_bytes = cp_exchange(self.routes, self.placement, self.workload, self.constants)
-        c = self.costs = op_costs(self.workload, self.topology.gpu, self.constants, tp_s, tp_bytes, cp_s)
+        ag_s, rs_s, self.fsdp_bytes = fsdp_collectives(self.routes, self.placement, self.workload, self.constants)
+        c = self.costs = op_costs(self.workload, self.topology.gpu, self.constants, tp_s, tp_bytes, cp_s,
+                                  (ag_s, rs_s))
         self.stage_f = [f + t for f, t in zip(c.forward_s, c.tp_forward_s)]
         self.stage_b = [b + t for b, t in zip(c.backward_s, c.tp_backward_s)]
 
@@ -314,6 +326,7 @@ class StepSimulation:
             for tier, count in self.tier_of_res[res].items():
                 out[tier] += b * count
         out["intra_node"] += self.costs.tp_bytes_per_microbatch * self.m
-        if self.cp_bytes:
-            out[self.cp_bytes[0]] += self.cp_bytes[1] * self.m
+        for extra in (self.cp_bytes, self.fsdp_bytes):
+            for tier, b in (extra or {}).items():
+                out[tier] += b * self.m
         return dict(out)

@@ -101,9 +101,9 @@ def test_context_parallel_splits_tokens_and_sends_kv_on_its_tier():
                             "intra_node": {"latency": "3us", "bandwidth": "450GB/s"},
                             "intra_pod": {"latency": "5us", "bandwidth": "400Gbps"}}]})
     r = simulate(t, w, "hierarchical", SimConstants(), baseline=False)
-    # K and V of 256 tokens x 1024 x 2 B per layer; one ring step each way; fwd + 2x bwd; 4 layers;
-    # 2 GPUs; 8 micro-batches
-    assert r.tiers["intra_pod"].bytes == pytest.approx(256 * 1024 * 2 * 2 * 3 * 4 * 2 * 8)
+    # K and V of 256 tokens x 1024 x 2 B per layer; one ring step each way (2 messages of GPU ->
+    # leaf -> GPU: 2 links each); fwd + 2x bwd; 4 layers; 8 micro-batches
+    assert r.tiers["intra_pod"].bytes == pytest.approx(256 * 1024 * 2 * 2 * 2 * 2 * 3 * 4 * 8)
 
 
 def test_gradients_not_overlapped_wait_for_backward():
@@ -148,3 +148,19 @@ def test_nemotron_presets_fit_80gb_with_the_distributed_optimizer_and_tp1_does_n
     work.parallel.tp, work.parallel.dp, work.parallel.global_batch_size = 1, 256, 3072
     r = simulate(two, work, strat, SimConstants(), baseline=False)
     assert not r.fits and "does not fit" in r.fit_warning()
+
+
+def test_fsdp_gathers_every_layer_twice_and_reduce_scatters_once_per_micro_batch():
+    t = topology_from_dict({"name": "two-nodes", "sites": [{"name": "a", "nodes": 2, "gpus_per_node": 1,
+                            "intra_node": {"latency": "3us", "bandwidth": "450GB/s"},
+                            "intra_pod": {"latency": "5us", "bandwidth": "400Gbps"}}]})
+    w = work(parallel={"dp": 2}, shard_params=True)  # 4 layers, 8 / 2 = 4 micro-batches per replica
+    r = simulate(t, w, "hierarchical", SimConstants(), baseline=False)
+    P = 12 * 1024 * 1024 + 2 * 1024  # parameters of one layer
+    # per layer and micro-batch: 3 collectives (2 all-gathers, 1 reduce-scatter) of 2 messages of P/2
+    # elements x 2 B, each crossing 2 links (GPU -> leaf -> GPU); one site: no cross-site sync
+    assert r.tiers["intra_pod"].bytes == pytest.approx(3 * 2 * 2 * P * 4 * 4)
+    slow = topology_from_dict({"name": "slow", "sites": [{"name": "a", "nodes": 2, "gpus_per_node": 1,
+                               "intra_node": {"latency": "3us", "bandwidth": "450GB/s"},
+                               "intra_pod": {"latency": "5us", "bandwidth": "1Gbps"}}]})
+    assert simulate(slow, w, "hierarchical", SimConstants(), baseline=False).breakdown.tp_exposed_s > 0.1
