@@ -124,7 +124,9 @@ ROWS: list[Row] = [
         H100, NEMOTRON_340B, dict(tp=8, pp=8, dp=2, vpp=12, micro_batch_size=1, global_batch_size=32), 4.77,
         dict(recompute="none", grad_bytes=2), strategy="distributed_optimizer", calibrate=True,
         assumptions="NeMo performance recipe: distributed optimizer, bf16 gradient reduction overlapped with "
-                    "backward, sequence parallelism, flash attention (no recomputation)"),
+                    "backward, sequence parallelism, flash attention (no recomputation). hdc's memory estimate "
+                    "exceeds 80 GB here (fits = NO) although NVIDIA ran it: Korthikanti's 34·s·b·h/tp "
+                    "activation bytes per layer are pessimistic for this recipe"),
     Row("Nemotron-4 340B, 6,144 GPUs",
         "Nemotron-4 340B Technical Report (NVIDIA 2024), Table 2: 6,144 H100s, batch 2,304, 8.0 s per "
         "iteration (TP 8, PP 12, DP 64)",

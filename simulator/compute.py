@@ -111,18 +111,20 @@ def logits_op(workload: Workload, act_bytes: int) -> Op:
     return _gemm("logits", T, m.hidden, m.vocab // p.tp, act_bytes, workload.fp8)
 
 
-def op_time_s(op: Op, peak_flops: float, efficiency: float, gen: Generation, backward: bool = False) -> float:
+def op_time_s(op: Op, peak_flops: float, efficiency: float, gen: Generation, hbm_Bps: float,
+              backward: bool = False) -> float:
     """Roofline time of one operator (backward: its data- and weight-gradient passes)."""
     peak = peak_flops * (gen.fp8_speedup if op.fp8 else 1.0) * efficiency
+    memory_s = op.bytes / hbm_Bps
     if op.shape is None:
         compute = op.flops / peak if op.flops else 0.0
-        return max(compute, op.bytes / gen.hbm_bandwidth_Bps) * (2.0 if backward else 1.0)
+        return max(compute, memory_s) * (2.0 if backward else 1.0)
     m, n, k, batch = op.shape
     if not backward:
-        return max(op.flops / (peak * gemm_shape_efficiency(gen, m, n, batch)), op.bytes / gen.hbm_bandwidth_Bps)
-    half = op.flops  # dgrad (m x k output) and wgrad (k x n output), each the forward's FLOPs
-    dgrad = max(half / (peak * gemm_shape_efficiency(gen, m, k, batch)), op.bytes / gen.hbm_bandwidth_Bps)
-    wgrad = max(half / (peak * gemm_shape_efficiency(gen, k, n, batch)), op.bytes / gen.hbm_bandwidth_Bps)
+        return max(op.flops / (peak * gemm_shape_efficiency(gen, m, n, batch)), memory_s)
+    # dgrad (m x k output) and wgrad (k x n output), each the forward's FLOPs
+    dgrad = max(op.flops / (peak * gemm_shape_efficiency(gen, m, k, batch)), memory_s)
+    wgrad = max(op.flops / (peak * gemm_shape_efficiency(gen, k, n, batch)), memory_s)
     return dgrad + wgrad
 
 
@@ -136,9 +138,12 @@ class LayerTimes:
 
 
 def layer_times(workload: Workload, peak_flops: float, efficiency: float, generation: str,
-                act_bytes: int) -> LayerTimes:
+                act_bytes: int, hbm_Bps: float | None = None) -> LayerTimes:
+    """One layer's operators timed (HBM bandwidth: the generation's unless given)."""
     gen = GENERATIONS[generation]
-    by_op = {op.name: (op_time_s(op, peak_flops, efficiency, gen), op_time_s(op, peak_flops, efficiency, gen, True))
+    hbm = hbm_Bps or gen.hbm_bandwidth_Bps
+    by_op = {op.name: (op_time_s(op, peak_flops, efficiency, gen, hbm),
+                       op_time_s(op, peak_flops, efficiency, gen, hbm, True))
              for op in layer_ops(workload, act_bytes)}
     fwd = sum(f for f, _ in by_op.values())
     bwd = sum(b for _, b in by_op.values())
@@ -147,8 +152,9 @@ def layer_times(workload: Workload, peak_flops: float, efficiency: float, genera
 
 
 def logits_times(workload: Workload, peak_flops: float, efficiency: float, generation: str,
-                 act_bytes: int) -> tuple[float, float]:
+                 act_bytes: int, hbm_Bps: float | None = None) -> tuple[float, float]:
     """(forward_s, backward_s) of the output projection (last pipeline stage only)."""
     gen = GENERATIONS[generation]
+    hbm = hbm_Bps or gen.hbm_bandwidth_Bps
     op = logits_op(workload, act_bytes)
-    return op_time_s(op, peak_flops, efficiency, gen), op_time_s(op, peak_flops, efficiency, gen, True)
+    return op_time_s(op, peak_flops, efficiency, gen, hbm), op_time_s(op, peak_flops, efficiency, gen, hbm, True)

@@ -88,8 +88,9 @@ def op_costs(workload: Workload, gpu, constants: SimConstants, tp_collective_s: 
     communication together form `tp_forward_s` / `tp_backward_s`."""
     m, p = workload.model, workload.parallel
     eff = constants.compute_efficiency
-    layer = layer_times(workload, gpu.peak_flops, eff, gpu.generation, constants.activation_bytes)
-    logit_f, logit_b = logits_times(workload, gpu.peak_flops, eff, gpu.generation, constants.activation_bytes)
+    hbm = constants.hbm_Bps(gpu.generation)
+    layer = layer_times(workload, gpu.peak_flops, eff, gpu.generation, constants.activation_bytes, hbm)
+    logit_f, logit_b = logits_times(workload, gpu.peak_flops, eff, gpu.generation, constants.activation_bytes, hbm)
     attn_f = layer.by_op["attention"][0]
     cp_f = max(cp_exchange_s - attn_f, 0.0)
     cp_b = max(2 * cp_exchange_s - 2 * attn_f, 0.0)

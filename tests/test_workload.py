@@ -69,3 +69,17 @@ def test_placement_mistakes():
     w = workload_from_dict({"model": "nemotron-4-340b", "parallel": {"tp": 16, "pp": 12, "dp": 2, "global_batch_size": 2}})
     with pytest.raises(UserError, match="parallel.tp: must divide gpus_per_node"):
         place(topo, w.parallel)
+
+
+def test_docs_list_every_workload_and_simulator_field():
+    import os
+
+    from hdc.config import help_table
+    from hdc.workload import Workload
+    from simulator.model import SimConstants
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "simulator.md"), encoding="utf-8").read()
+    for cls in (Workload, SimConstants):
+        for name, *_ in help_table(cls):
+            if not name.startswith("model."):
+                assert f"`{name}`" in doc, name
