@@ -164,3 +164,47 @@ def test_fsdp_gathers_every_layer_twice_and_reduce_scatters_once_per_micro_batch
                                "intra_node": {"latency": "3us", "bandwidth": "450GB/s"},
                                "intra_pod": {"latency": "5us", "bandwidth": "1Gbps"}}]})
     assert simulate(slow, w, "hierarchical", SimConstants(), baseline=False).breakdown.tp_exposed_s > 0.1
+
+
+def test_elementwise_elements_follow_sequence_parallelism():
+    from simulator.compute import elementwise_elems_per_token
+
+    d, f = 1024, 4096  # plain MLP: GeLU reads f, writes f
+    assert elementwise_elems_per_token(work(parallel={"tp": 2})) == 10 * d / 2 + 2 * f / 2
+    assert elementwise_elems_per_token(work(parallel={"tp": 2}, sequence_parallel=False)) == 10 * d + 2 * f / 2
+
+
+def test_without_overlap_the_gradient_sync_is_its_closed_form_time_after_backward():
+    from hdc import cost
+    from simulator.step_inputs import workload_sync_plans
+
+    t = topology_from_dict({"name": "two", "sites": [{"name": "a", "nodes": 2, "gpus_per_node": 1,
+                            "intra_node": {"latency": "3us", "bandwidth": "450GB/s"},
+                            "intra_pod": {"latency": "5us", "bandwidth": "10Gbps"}}]})
+    from hdc.strategies import make_strategy
+
+    # one bucket: the whole buffer's all-reduce starts when backward ends and nothing hides it
+    w = work(parallel={"dp": 2}, overlap_grad_reduce=False, bucket_numel=10**9)
+    r = simulate(t, w, "hierarchical", SimConstants(), baseline=False)
+    plan = workload_sync_plans(make_strategy("hierarchical"), t, w, [[0, 1]]).plan
+    assert r.breakdown.dp_exposed_s == pytest.approx(cost.plan_time_s(t, plan), rel=0.01)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"sequence_parallel": "yes"}, "sequence_parallel: must be true or false, got 'yes'"),
+    ({"flash_attention": 0}, "flash_attention: must be true or false, got 0"),
+    ({"shard_params": "on"}, "shard_params: must be true or false, got 'on'"),
+])
+def test_more_bad_workload_input(data, message):
+    with pytest.raises(UserError) as e:
+        workload_from_dict({"model": MODEL, "parallel": {"global_batch_size": 8}, **data})
+    assert message in str(e.value)
+
+
+def test_bad_gpu_generation():
+    with pytest.raises(UserError) as e:
+        topology_from_dict({"name": "x", "gpu": {"generation": "volta"},
+                            "sites": [{"name": "a", "nodes": 1, "gpus_per_node": 1,
+                                       "intra_node": {"latency": "3us", "bandwidth": "450GB/s"},
+                                       "intra_pod": {"latency": "5us", "bandwidth": "400Gbps"}}]})
+    assert "gpu.generation: must be one of ampere, hopper, generic, got 'volta'" in str(e.value)
