@@ -58,7 +58,8 @@ NEMOTRON_340B = dict(name="nemotron-4-340b", layers=96, hidden=18432, heads=96, 
 
 
 def megatron_flops_per_step(batch: int, seq: int, layers: int, hidden: int, vocab: int) -> float:
-    """96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)): Megatron's count with full recomputation (Narayanan et al. 2021, eq. 3)."""
+    """96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)): Megatron's FLOPs with full recomputation
+    (Narayanan et al. 2021, eq. 3)."""
     return 96 * batch * seq * layers * hidden ** 2 * (1 + seq / (6 * hidden) + vocab / (16 * layers * hidden))
 
 

@@ -6,8 +6,9 @@ states 12 bytes per parameter (fp32 master weights, Adam m and v). The distribut
 (ZeRO-1) shards the optimizer states over the DP ranks.
 
 Activations per layer and micro-batch with tensor + sequence parallelism depend on the
-recomputation (Korthikanti et al. 2022, Table 2; see activation_bytes). Under 1F1B the first stage holds `pp` micro-batches in flight, i.e. all L layers'
-worth, × (1 + (pp-1)/(pp·vpp)) with interleaving (Korthikanti et al. 2022, §4.2.3).
+recomputation (Korthikanti et al. 2022, Table 2; see activation_bytes). Under 1F1B the
+first stage holds `pp` micro-batches in flight, i.e. all L layers' worth, × (1 + (pp-1)/(pp·vpp))
+with interleaving (Korthikanti et al. 2022, §4.2.3).
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class Memory:
 def activation_bytes(workload: Workload) -> float:
     """Activations the first pipeline stage holds at its peak. Per layer and micro-batch with
     TP + sequence parallelism (Korthikanti et al. 2022, eq. 2 and Table 2): none s·b·h·(34 +
-    5·a·s/h)/tp (the 5·a·s/h attention scores are not kept with flash attention), selective s·b·h·34/tp (flash attention / recomputed attention core), full
+    5·a·s/h)/tp (the 5·a·s/h attention scores are not kept with flash attention), selective
+    s·b·h·34/tp (flash attention / recomputed attention core), full
     s·b·h·2/tp (only each layer's input is kept). s is the rank's s/cp tokens."""
     m, p = workload.model, workload.parallel
     s = m.seq_len / p.cp

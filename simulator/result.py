@@ -59,7 +59,8 @@ class Result:
         """One line when the configuration does not fit, else None."""
         if self.fits:
             return None
-        hint = " (the other optimizer choice fits)" if self.memory_alternative.total_bytes <= self.gpu_memory_bytes else ""
+        other_fits = self.memory_alternative.total_bytes <= self.gpu_memory_bytes
+        hint = " (the other optimizer choice fits)" if other_fits else ""
         return (f"warning: does not fit: {fmt_bytes(self.memory.total_bytes)} per GPU estimated, the GPU has "
                 f"{fmt_bytes(self.gpu_memory_bytes)}{hint}")
 

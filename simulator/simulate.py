@@ -138,7 +138,8 @@ def assumptions(topo: Topology, work: Workload, strat: Strategy, c: SimConstants
         "'param'-phase steps overlapping 'forward' run at the start of the step (previous update)",
         f"TP comm {1 - c.tp_comm_overlap:.0%} exposed; link efficiency node/pod/site/wan "
         f"{c.intra_node_efficiency:g}/{c.intra_pod_efficiency:g}/{c.intra_site_efficiency:g}/{c.wan_efficiency:g}",
-        f"optimizer: {c.optimizer_bytes_per_param:g} B per owned parameter at {c.hbm_Bps(topo.gpu.generation) / 1e12:g} TB/s",
+        f"optimizer: {c.optimizer_bytes_per_param:g} B per owned parameter at "
+        f"{c.hbm_Bps(topo.gpu.generation) / 1e12:g} TB/s",
     ] + [f"topology: {a}" for a in topo.assumptions]
 
 
