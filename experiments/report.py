@@ -74,7 +74,8 @@ def _sim(job: tuple) -> dict:
     row = result_row(r)
     row.update(key=key, gpus=r.gpus, assumptions=r.assumptions,
                tiers={t: (u.bytes, u.utilization) for t, u in r.tiers.items()},
-               memory=r.memory.to_dict(), memory_alternative=r.memory_alternative.to_dict())
+               memory=r.memory.to_dict(), memory_alternative=r.memory_alternative.to_dict(),
+               gpu_memory_bytes=r.gpu_memory_bytes)
     if timeline:
         row["spans"] = r.timeline()["spans"]
     return row

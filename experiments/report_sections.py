@@ -116,9 +116,12 @@ def write_sections(w, cfg, eff, rows, runs, measured, constants) -> None:
     w.table("tiers", ["case", "tier", "bytes per step", "", "utilization"], tier_rows,
             fmt={"bytes per step": ".4g", "utilization": ".1%"})
     mem = [("this strategy", two["memory"]), ("other optimizer choice", two["memory_alternative"])]
-    w.table("memory", ["per GPU", "weights", "grads", "optimizer", "activations", "total"],
+    gpu_memory = two["gpu_memory_bytes"]
+    w.table("memory", ["per GPU", "weights", "grads", "optimizer", "activations", "total",
+                       f"fits {fmt_bytes(gpu_memory)}"],
             [(n, *(fmt_bytes(m[k]) for k in ("weights_bytes", "grads_bytes", "optimizer_bytes",
-                                             "activations_bytes", "total_bytes"))) for n, m in mem])
+                                             "activations_bytes", "total_bytes")),
+              "yes" if m["total_bytes"] <= gpu_memory else "no") for n, m in mem])
 
     # 6. measured
     w.h2("6. Predicted vs measured (emulated sites)", "measured")
