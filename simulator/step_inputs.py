@@ -99,10 +99,9 @@ class GradientClock:
         return jj * self.numel / self.vpp, (jj + 1) * self.numel / self.vpp
 
 
-
 def tp_collective(routes: Routes, placement, workload: Workload, constants: SimConstants) -> tuple[float, float]:
-    """Time and per-GPU bytes of one TP all-gather of a micro-batch's activation, run alone
-    on the network (NVLink carries nothing else, so alone is exact)."""
+    """Time and per-GPU bytes of one TP all-gather of a micro-batch's activation (its s/cp tokens
+    on this rank), run alone on the network (NVLink carries nothing else, so alone is exact)."""
     par = workload.parallel
     if par.tp < 2:
         return 0.0, 0.0
@@ -110,7 +109,7 @@ def tp_collective(routes: Routes, placement, workload: Workload, constants: SimC
     env = simpy.Environment()
     net = Network(env, link_capacities(routes, constants.link_efficiency()))
     tpl = step_template(routes, "all_gather", (group,))
-    numel = par.micro_batch_size * workload.model.seq_len * workload.model.hidden
+    numel = par.micro_batch_size * (workload.model.seq_len // par.cp) * workload.model.hidden
     ev = start_coflow(net, "all_gather", tpl, numel, constants.activation_bytes)
     env.run(ev)
     return env.now, coflow_bytes("all_gather", tpl, numel, constants.activation_bytes)
