@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,10 +42,13 @@ def compare(script: str, args: list[str], ref: str, reps: int) -> tuple[dict, di
     base_tree = export(ref)
     ours: dict = {}
     theirs: dict = {}
-    for _ in range(reps):
-        for tree, into in ((base_tree, theirs), (ROOT, ours)):
-            for name, s in child(script, args, tree).items():
-                into.setdefault(name, []).append(s)
+    try:
+        for _ in range(reps):
+            for tree, into in ((base_tree, theirs), (ROOT, ours)):
+                for name, s in child(script, args, tree).items():
+                    into.setdefault(name, []).append(s)
+    finally:
+        shutil.rmtree(base_tree, ignore_errors=True)
     return ours, theirs
 
 
