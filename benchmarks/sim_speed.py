@@ -1,11 +1,17 @@
 """How fast the simulator is: one Nemotron-4 340B step on nemotron-2dc (goal <= 1 s on one
 core, must be <= 10 s), flows (network events) per second, and a 100-config sweep.
 
-    .venv/bin/python benchmarks/sim_speed.py
+    .venv/bin/python benchmarks/sim_speed.py [--compare main] [--reps 3]
+
+`--compare REF` also times the one-step runs of version REF (git archive, benchmarks/baseline.py)
+in alternating child processes and prints the ratio of medians (this / REF).
 """
 from __future__ import annotations
 
+import argparse
 import copy
+import json
+import os
 import time
 
 from hdc.config import load_yaml
@@ -21,16 +27,37 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def strategies():
+    return [("chunked(hierarchical, 8, overlap_backward)", make_strategy("chunked", chunks=8, overlap_backward=True)),
+            ("hierarchical (40M buckets)", make_strategy("hierarchical")),
+            ("distributed_optimizer (40M buckets)", make_strategy("distributed_optimizer")),
+            ("flat_ring (40M buckets)", make_strategy("flat_ring"))]
+
+
+def child() -> None:
+    """One warm-up and one timed step per strategy; the last line is {name: seconds} (for baseline.py)."""
+    work, two = load_workload("nemotron-4-340b"), load_topology("nemotron-2dc")
+    c = SimConstants(compute_efficiency=0.61)
+    out = {}
+    for name, strat in strategies():
+        simulate(two, work, strat, c, baseline=False)
+        out[name] = timed(lambda: simulate(two, work, strat, c, baseline=False))[1]
+    print(json.dumps(out))
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--compare", metavar="REF", default=None, help="also time git REF (e.g. main) alternately")
+    ap.add_argument("--reps", type=int, default=3, help="alternating runs per version with --compare")
+    a = ap.parse_args()
+    if a.child:
+        return child()
     work = load_workload("nemotron-4-340b")
     two = load_topology("nemotron-2dc")
     c = SimConstants(compute_efficiency=0.61)
     print(f"{'strategy':<44} {'wall s':>7} {'flows':>7} {'flows/s':>9} {'step s':>7}")
-    rows = [("chunked(hierarchical, 8, overlap_backward)",
-             make_strategy("chunked", chunks=8, overlap_backward=True)),
-            ("hierarchical (40M buckets)", make_strategy("hierarchical")),
-            ("distributed_optimizer (40M buckets)", make_strategy("distributed_optimizer")),
-            ("flat_ring (40M buckets)", make_strategy("flat_ring"))]
+    rows = strategies()
     first = None
     for name, strat in rows:
         simulate(two, work, strat, c, baseline=False)  # warm: routes and plan are cached per topology
@@ -50,6 +77,12 @@ def main() -> None:
     print(f"sweep of {len(configs)} configs (WAN links × RTT × chunks, with single-site baselines): "
           f"{sweep:.1f} s, {sweep / len(configs):.3f} s per config")
     print(f"ratio to the 1 s goal for one step: {first:.2f}×")
+    if a.compare:
+        from baseline import compare, ratio_lines
+
+        ours, theirs = compare(os.path.abspath(__file__), [], a.compare, a.reps)
+        print(f"one step, this tree vs {a.compare}:")
+        print("\n".join(ratio_lines(ours, theirs, a.compare)))
 
 
 if __name__ == "__main__":

@@ -5,11 +5,15 @@ Llama-3-70B (TP 8, PP 4, DP 96) on the two-site topology, simulated (not closed 
 with `--jobs 2`. A 100-config slice of the Nemotron-4 340B step is timed beside it, and the
 closed-form (alpha-beta) evaluator on the same 1,000 configs as a baseline.
 
-    python benchmarks/sweep_speed.py [--configs 1000] [--jobs 2]
+    python benchmarks/sweep_speed.py [--jobs 2] [--skip-nemotron] [--compare main] [--reps 1]
+
+`--compare REF` also runs the simulated 1,000-config sweep with version REF (git archive,
+benchmarks/baseline.py), alternating child processes, and prints the ratio of medians.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -39,7 +43,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--skip-nemotron", action="store_true")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--compare", metavar="REF", default=None, help="also time git REF (e.g. main) alternately")
+    ap.add_argument("--reps", type=int, default=1, help="alternating runs per version with --compare")
     a = ap.parse_args()
+    if a.child:  # the simulated 1,000-config sweep only; last line {name: seconds} (for baseline.py)
+        print(json.dumps({"simulate, llama-3-70b, 1,000 configs": timed(grid("llama-3-70b", 10, 5, 5, "simulate"),
+                                                                         a.jobs)[1]}))
+        return
     rows = []
     n, t = timed(grid("llama-3-70b", 10, 5, 5, "alpha_beta"), a.jobs)
     rows.append(("alpha-beta, llama-3-70b", n, t))
@@ -54,6 +65,11 @@ def main() -> None:
     base = rows[0][2] / rows[0][1]
     for name, n, t in rows[1:]:
         print(f"{name}: {t / n / base:.1f}x the closed form's time per config")
+    if a.compare:
+        from baseline import compare, ratio_lines
+
+        ours, theirs = compare(os.path.abspath(__file__), ["--jobs", str(a.jobs)], a.compare, a.reps)
+        print("\n".join(ratio_lines(ours, theirs, a.compare)))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from hdc.commands import positive_int
 
@@ -26,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=positive_int("--jobs"), default=1, help="parallel worker processes (default 1)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local processes, or Ray (needs the ray extra)")
+    p.add_argument("--require-fit", action="store_true",
+                   help="exit 2 when a config's peak memory estimate exceeds its GPU's memory "
+                        "(rows are still written; default: a one-line warning)")
     p.set_defaults(handler=_sweep)
 
     p = sub.add_parser("plot", help="quick line plot from a sweep CSV")
@@ -51,10 +55,20 @@ def _sweep(args: argparse.Namespace) -> int:
 
     from experiments.sweep import load_grid, run_sweep
 
+    from hdc.errors import UserError
+
     grid = load_grid(args.grid)
     t0 = time.perf_counter()
-    n = run_sweep(grid, args.out, jobs=args.jobs, executor=args.executor)
+    unfit: list[str] = []
+    n = run_sweep(grid, args.out, jobs=args.jobs, executor=args.executor,
+                  on_row=lambda r: unfit.append(r["config_id"]) if r.get("fits") is False else None)
     print(f"{n} config(s) evaluated in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    if unfit:
+        msg = (f"{len(unfit)} of {n} config(s) do not fit the GPU's memory (column fits = False), "
+               f"e.g. config_id {unfit[0]}")
+        if args.require_fit:
+            raise UserError(f"--require-fit: {msg}")
+        print(f"warning: {msg}", file=sys.stderr)
     return 0
 
 

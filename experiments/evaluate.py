@@ -21,13 +21,13 @@ def result_row(result) -> dict[str, Any]:
         "compute_s": b.compute_s, "tp_exposed_s": b.tp_exposed_s, "pp_exposed_s": b.pp_exposed_s,
         "dp_exposed_s": b.dp_exposed_s, "bubble_s": b.bubble_s, "optimizer_s": b.optimizer_s,
         "wan_bytes": wan.bytes if wan else 0.0, "wan_utilization": wan.utilization if wan else 0.0,
-        "memory_per_gpu_bytes": result.memory.total_bytes, "strategy_desc": result.strategy,
+        "memory_per_gpu_bytes": result.memory.total_bytes, "fits": result.fits, "strategy_desc": result.strategy,
     }
 
 
-def simulate_row(parts: dict) -> dict[str, Any]:
+def simulate_row(parts: dict, cache=None) -> dict[str, Any]:
     from simulator import simulate
 
     result = simulate(parts["topology"], parts["workload"], parts["strategy"], constants_from(parts["sim"]),
-                      faults=parts.get("faults"))
+                      faults=parts.get("faults"), cache=cache)
     return result_row(result)

@@ -95,23 +95,23 @@ def _rank_order(rank: str) -> tuple:
     return (row != "pipeline", int(digits) if digits else 0, rank)
 
 
-def scatter_predicted_measured(points: list[tuple[str, float, float]], title: str):
+def scatter_predicted_measured(points: list[tuple[str, float, float]], title: str, actual: str = "measured"):
     fig, ax = plt.subplots(figsize=(5.5, 5))
     xs = [p for _, p, _ in points]
     ys = [m for _, _, m in points]
     ax.scatter(xs, ys, color="#e45756")
     hi = max(xs + ys) * 1.1 if points else 1
     lo = min(xs + ys) * 0.9 if points else 0.001
-    ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1, label="measured = predicted")
+    ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1, label=f"{actual} = predicted")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("predicted (s)")
-    ax.set_ylabel("measured (s)")
+    ax.set_ylabel(f"{actual} (s)")
     ax.set_title(title, fontsize=11)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return fig, ["config", "predicted_s", "measured_s"], points
+    return fig, ["config", "predicted_s", f"{actual}_s"], points
 
 
 def run_curves(runs: dict[str, list[dict]], metrics: list[str], title: str):

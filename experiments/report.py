@@ -38,6 +38,7 @@ class ReportConfig:
     models: list[str] = meta("workload presets for the model-size what-if",
                              default_factory=lambda: ["llama-3-8b", "llama-3-70b", "nemotron-4-340b"])
     jobs: int = meta("parallel simulator processes", gt=0, default=2)
+    published: bool = meta("section 8: the simulator against 13 published runs (about 30 s)", default=True)
 
     def validate(self, path: str = "") -> None:
         from hdc.strategies import strategy_from_dict
@@ -48,7 +49,7 @@ class ReportConfig:
 FAULTS = {"one GPU 20% slower": {"slow_gpu_factor": 1.2},
           "site dc-b 10% slower": {"slow_site": "dc-b", "slow_site_factor": 1.1},
           "WAN at 50% bandwidth": {"wan_bandwidth_factor": 0.5},
-          "5 of 20 WAN links down": {"wan_links_failed": 5}}
+          "5 of 22 WAN links down": {"wan_links_failed": 5}}
 
 
 def load_config(path: Optional[str]) -> ReportConfig:
@@ -73,7 +74,8 @@ def _sim(job: tuple) -> dict:
     row = result_row(r)
     row.update(key=key, gpus=r.gpus, assumptions=r.assumptions,
                tiers={t: (u.bytes, u.utilization) for t, u in r.tiers.items()},
-               memory=r.memory.to_dict(), memory_alternative=r.memory_alternative.to_dict())
+               memory=r.memory.to_dict(), memory_alternative=r.memory_alternative.to_dict(),
+               gpu_memory_bytes=r.gpu_memory_bytes)
     if timeline:
         row["spans"] = r.timeline()["spans"]
     return row

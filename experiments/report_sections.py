@@ -28,7 +28,7 @@ def write_sections(w, cfg, eff, rows, runs, measured, constants) -> None:
     w.parts.append('<p class="small">Sections: <a href="#repro">1 Nemotron-4 340B on two sites</a> · '
                    '<a href="#distance">2 distance</a> · <a href="#whatif">3 what-ifs</a> · <a href="#gantt">4 one step</a>'
                    ' · <a href="#tiers">5 link tiers</a> · <a href="#measured">6 predicted vs measured</a> · '
-                   '<a href="#runs">7 GRPO runs</a></p>')
+                   '<a href="#runs">7 GRPO runs</a> · <a href="#published">8 published runs</a></p>')
 
     # 1. reproduction
     w.h2("1. Nemotron-4 340B across two datacenters: published vs predicted", "repro")
@@ -116,9 +116,12 @@ def write_sections(w, cfg, eff, rows, runs, measured, constants) -> None:
     w.table("tiers", ["case", "tier", "bytes per step", "", "utilization"], tier_rows,
             fmt={"bytes per step": ".4g", "utilization": ".1%"})
     mem = [("this strategy", two["memory"]), ("other optimizer choice", two["memory_alternative"])]
-    w.table("memory", ["per GPU", "weights", "grads", "optimizer", "activations", "total"],
+    gpu_memory = two["gpu_memory_bytes"]
+    w.table("memory", ["per GPU", "weights", "grads", "optimizer", "activations", "total",
+                       f"fits {fmt_bytes(gpu_memory)}"],
             [(n, *(fmt_bytes(m[k]) for k in ("weights_bytes", "grads_bytes", "optimizer_bytes",
-                                             "activations_bytes", "total_bytes"))) for n, m in mem])
+                                             "activations_bytes", "total_bytes")),
+              "yes" if m["total_bytes"] <= gpu_memory else "no") for n, m in mem])
 
     # 6. measured
     w.h2("6. Predicted vs measured (emulated sites)", "measured")
@@ -127,6 +130,31 @@ def write_sections(w, cfg, eff, rows, runs, measured, constants) -> None:
     # 7. runs
     w.h2("7. GRPO runs", "runs")
     _runs(w, runs)
+
+    # 8. published runs
+    w.h2("8. Published training runs: predicted vs published", "published")
+    _published(w, cfg.published)
+
+
+def _published(w, include: bool) -> None:
+    from experiments import published
+
+    if not include:
+        w.p("Skipped (report config published: false); run <code>python benchmarks/published.py</code>.", raw=True)
+        return
+    results = published.run()
+    median, worst = published.summary(results)
+    w.p(f"{len(results)} published configurations (sources and assumptions in the table; rows and code in "
+        f"<code>experiments/published.py</code>), simulated on clusters built from the hardware each source names. "
+        f"One compute efficiency per GPU generation is calibrated, on the row marked as calibration; the "
+        f"GEMM shapes, recomputation, layout and communication do the rest. |error| over the other "
+        f"{sum(not r['calibration'] for r in results)} rows: median {median:.1%}, worst {worst:.1%}.", raw=True)
+    fig, c, r = published.scatter(results)
+    w.figure("published", fig, "Step time: each point one published run; the diagonal is a perfect prediction", c, r)
+    cols = ["name", "gpu", "gpus", "published_step_s", "predicted_step_s", "error", "calibration", "fits",
+            "source", "assumptions"]
+    w.table("published_table", cols, [[row[k] for k in cols] for row in results],
+            fmt={"published_step_s": ".3g", "predicted_step_s": ".3g", "error": "+.1%"})
 
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "emulate", "measured")

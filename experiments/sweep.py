@@ -20,13 +20,11 @@ import hashlib
 import itertools
 import json
 import os
-from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterator
 
 from hdc.config import load_yaml
 from hdc.errors import UserError
-from hdc.topology import lru_get
 from experiments.configs import SECTIONS, resolve
 
 EVALUATORS = ("simulate", "alpha_beta")
@@ -71,11 +69,13 @@ def config_id(config: dict, evaluate: str) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-_PLANS: OrderedDict = OrderedDict()  # (plan, WAN bytes) per topology structure, reused across configs
+def evaluate_config(config: dict, evaluate: str, cache=None) -> dict[str, Any]:
+    """Outputs for one config: simulator predictions, or the closed-form sync time. `cache`
+    (a simulator.cache.SimCache) carries routes, plans and baselines between the configs of a
+    batch; default: the process's own."""
+    from simulator.cache import DEFAULT
 
-
-def evaluate_config(config: dict, evaluate: str) -> dict[str, Any]:
-    """Outputs for one config: simulator predictions, or the closed-form sync time."""
+    cache = cache or DEFAULT
     parts = resolve(config)
     if evaluate == "alpha_beta":
         from hdc import cost
@@ -83,17 +83,17 @@ def evaluate_config(config: dict, evaluate: str) -> dict[str, Any]:
 
         topo, work, strategy = parts["topology"], parts["workload"], parts["strategy"]
         groups = place(topo, work.parallel).dp_groups()
-        key = (topo.structure_key, strategy.describe(), tuple(map(tuple, groups)), work.params_per_rank,
-               work.grad_bytes)
+        key = ("alpha_beta", topo.structure_key, strategy.describe(), tuple(map(tuple, groups)),
+               work.params_per_rank, work.grad_bytes)
 
         def make():
             plan = strategy.plan(topo, groups, work.params_per_rank, work.grad_bytes)
             return plan, cost.wan_bytes(topo, plan)
-        plan, (total, per_rank) = lru_get(_PLANS, key, make)
+        plan, (total, per_rank) = cache.get("plans", key, make)
         return {"alpha_beta_sync_s": cost.plan_time_s(topo, plan), "wan_bytes_per_rank": per_rank}
     from experiments.evaluate import simulate_row
 
-    return simulate_row(parts)
+    return simulate_row(parts, cache)
 
 
 def _run(args: tuple[dict, str]) -> dict[str, Any]:
@@ -139,8 +139,11 @@ def _evaluate_all(todo, evaluate: str, jobs: int, executor: str, progress: bool)
         if executor == "ray":
             yield from _on_ray(todo, evaluate, row)
         elif jobs <= 1:
+            from simulator.cache import SimCache
+
+            cache = SimCache()  # one for the whole run: every config may reuse its neighbours' work
             for i, (_, c, _) in enumerate(todo):
-                yield row(i, evaluate_config(c, evaluate))
+                yield row(i, evaluate_config(c, evaluate, cache))
         else:
             with ProcessPoolExecutor(max_workers=jobs) as pool:
                 futures = {pool.submit(_run_batch, [(todo[i][1], evaluate) for i in b]): b
@@ -160,7 +163,11 @@ def _batches(n: int, workers: int) -> list[list[int]]:
 
 
 def _run_batch(items: list[tuple[dict, str]]) -> list[dict]:
-    return [evaluate_config(c, e) for c, e in items]
+    """A batch of neighbouring configs in one worker, sharing one cache."""
+    from simulator.cache import SimCache
+
+    cache = SimCache()
+    return [evaluate_config(c, e, cache) for c, e in items]
 
 
 def _on_ray(todo, evaluate: str, row) -> Iterator[dict]:

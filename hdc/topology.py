@@ -68,6 +68,9 @@ class GPU:
     peak_flops: float = meta("dense peak FLOP/s at training precision, e.g. '989TFLOPS'",
                              parse=parse_flops, gt=0.0, default=989e12)
     memory_bytes: float = meta("GPU memory, e.g. '80GB'", parse=parse_size, gt=0, default=80e9)
+    generation: str = meta("GPU generation for the simulator's GEMM shape model (SMs, tiles, HBM "
+                           "bandwidth): ampere (A100), hopper (H100/H200), generic (no tiling)",
+                           choices=("ampere", "hopper", "generic"), default="generic")
 
 
 @dataclass
@@ -77,13 +80,14 @@ class Site:
     gpus_per_node: int = meta("GPUs in each node", gt=0)
     intra_node: Tier = meta("GPU↔GPU inside a node (NVLink/NVSwitch)")
     intra_pod: Tier = meta("GPU↔GPU across nodes of one pod (scale-out NIC per GPU)")
-    pods: int = meta("pods (leaf groups) the nodes are split into; must divide nodes", gt=0, default=1)
+    pods: int = meta("pods (leaf groups) the nodes are split into, at most nodes; when they do not divide "
+                     "nodes the first nodes % pods pods hold one node more", gt=0, default=1)
     intra_site: Optional[Tier] = meta("GPU↔GPU across pods of the site; default: same as intra_pod "
                                       "(non-blocking fabric)", default=None)
 
     def validate(self, path: str) -> None:
-        if self.nodes % self.pods:
-            raise UserError(f"{path}.pods: must divide nodes ({self.nodes}), got {self.pods}")
+        if self.pods > self.nodes:
+            raise UserError(f"{path}.pods: must be at most nodes ({self.nodes}), got {self.pods}")
         if self.intra_site is None:
             self.intra_site = Tier(self.intra_pod.latency_s, self.intra_pod.bandwidth_Bps)
         if self.intra_site.latency_s < self.intra_pod.latency_s:
@@ -96,7 +100,14 @@ class Site:
 
     @property
     def nodes_per_pod(self) -> int:
+        """Nodes of the smallest pod (pods differ by at most one node)."""
         return self.nodes // self.pods
+
+    def pod_of(self, node: int) -> int:
+        """The pod of a node: the first nodes % pods pods take nodes_per_pod + 1 nodes each."""
+        q, r = divmod(self.nodes, self.pods)
+        big = r * (q + 1)
+        return node // (q + 1) if node < big else r + (node - big) // q
 
 
 @dataclass
@@ -275,7 +286,7 @@ class Topology:
         s = self.sites[site]
         idx = gpu - self._site_offsets[site]
         node, local = divmod(idx, s.gpus_per_node)
-        return Location(gpu, site, node // s.nodes_per_pod, node, local)
+        return Location(gpu, site, s.pod_of(node), node, local)
 
     # ---------------------------------------------------------------- network
     @instance_cache
@@ -299,7 +310,7 @@ class Topology:
             for p in range(s.pods):
                 both(f"s{si}/p{p}/leaf", f"s{si}/gw", up_link)
             for n in range(s.nodes):  # the names _names() gives, without locating each GPU
-                nvs, leaf = f"s{si}/n{n}/nvs", f"s{si}/p{n // s.nodes_per_pod}/leaf"
+                nvs, leaf = f"s{si}/n{n}/nvs", f"s{si}/p{s.pod_of(n)}/leaf"
                 for local in range(s.gpus_per_node):
                     gpu = f"s{si}/n{n}/g{local}"
                     both(gpu, nvs, node_link)
@@ -330,6 +341,7 @@ class Topology:
             pass
         elif kinds == {"leaf", "gw"}:
             up_lat = (s.intra_site.latency_s - s.intra_pod.latency_s) / 2
+            # every pod's uplink: per-GPU bandwidth × the GPUs of the smallest pod (uneven pods: conservative)
             return Link(up_lat, s.intra_site.bandwidth_Bps * s.nodes_per_pod * s.gpus_per_node, "intra_site")
         elif kinds == {"gpu", "nvs"}:
             return Link(s.intra_node.latency_s / 2, s.intra_node.bandwidth_Bps, "intra_node")

@@ -72,6 +72,13 @@ class Parallel:
     pp: int = meta("pipeline-parallel stages", gt=0, default=1)
     dp: int = meta("data-parallel replicas", gt=0, default=1)
     vpp: int = meta("virtual pipeline stages per rank (interleaved 1F1B)", gt=0, default=1)
+    cp: int = meta("context-parallel size: each sequence split over cp GPUs, K/V passed around a ring "
+                   "(placed next to TP; may span nodes)", gt=0, default=1)
+    first_stage_layers: Optional[int] = meta("layers on the first pipeline stage (Megatron's "
+                                             "--decoder-first-pipeline-num-layers); default: an even split",
+                                             gt=0, default=None)
+    last_stage_layers: Optional[int] = meta("layers on the last pipeline stage (--decoder-last-pipeline-num-layers); "
+                                            "default: an even split", gt=0, default=None)
     micro_batch_size: int = meta("sequences per micro-batch", gt=0, default=1)
     global_batch_size: int = meta("sequences per optimizer step, all replicas", gt=0, default=1)
 
@@ -83,7 +90,7 @@ class Parallel:
 
     @property
     def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.cp * self.pp * self.dp
 
     @property
     def micro_batches(self) -> int:
@@ -95,16 +102,73 @@ class Parallel:
 class Workload:
     model: ModelSpec = meta("the model")
     parallel: Parallel = meta("the parallel layout and batch", default_factory=Parallel)
-    grad_bytes: int = meta("bytes per gradient element in the DP reduction (2 = bf16, 4 = fp32)",
-                           choices=(2, 4), default=2)
-    param_bytes: int = meta("bytes per parameter element (weights in memory)", choices=(2, 4), default=2)
+    grad_bytes: int = meta("bytes per gradient element in the DP reduction and in memory (1 = int8 or "
+                           "fp8, 2 = bf16, 4 = fp32)", choices=(1, 2, 4), default=2)
+    param_bytes: int = meta("bytes per parameter element (weights in memory and in parameter all-gathers)",
+                            choices=(1, 2, 4), default=2)
+    overlap_grad_reduce: bool = meta("start each gradient bucket's reduction when backward has produced it "
+                                     "(Megatron --overlap-grad-reduce); false: all after backward",
+                                     default=True)
+    recompute: str = meta("activation recomputation: none, selective (attention core, Korthikanti et al. "
+                          "2022) or full (every layer's forward again in backward)",
+                          choices=("none", "selective", "full"), default="selective")
+    flash_attention: bool = meta("fused attention that never stores the s × s scores (memory; with "
+                                 "recompute none the scores are kept otherwise)", default=True)
+    fp8: bool = meta("GEMMs in FP8 (the GPU's FP8 peak; attention and elementwise stay bf16)", default=False)
+    sequence_parallel: bool = meta("norms and residuals split over the TP ranks (Megatron "
+                                   "--sequence-parallel); false: replicated on each", default=True)
+    shard_params: bool = meta("FSDP / ZeRO-3 inside each site: parameters, gradients and optimizer states "
+                              "sharded over the site's DP ranks; each layer's parameters all-gathered in "
+                              "forward and again in backward, its gradients reduce-scattered, every "
+                              "micro-batch; the strategy syncs each rank's shard across sites", default=False)
     bucket_numel: int = meta("gradient elements per bucket for overlapped reduction (Megatron default 40M)",
                              gt=0, default=40_000_000)
 
     def validate(self, path: str) -> None:
-        if self.model.layers % (self.parallel.pp * self.parallel.vpp):
-            raise UserError(f"{path}.parallel.pp: pp × vpp ({self.parallel.pp * self.parallel.vpp}) "
-                            f"must divide the model's layers ({self.model.layers})")
+        p, m = self.parallel, self.model
+        if (p.first_stage_layers or p.last_stage_layers) and p.pp < 2:
+            raise UserError(f"{path}.parallel.first_stage_layers: uneven stages need pp >= 2, got pp {p.pp}")
+        if p.first_stage_layers is None and p.last_stage_layers is None:
+            if m.layers % (p.pp * p.vpp):
+                raise UserError(f"{path}.parallel.pp: pp × vpp ({p.pp * p.vpp}) "
+                                f"must divide the model's layers ({m.layers})")
+        else:
+            self._check_uneven(path)
+        if m.seq_len % p.cp:
+            raise UserError(f"{path}.parallel.cp: must divide the model's seq_len ({m.seq_len}), got {p.cp}")
+        if self.shard_params and p.pp > 1:
+            raise UserError(f"{path}.shard_params: FSDP / ZeRO-3 is modelled without pipeline parallelism "
+                            f"(pp 1), got pp {p.pp}")
+
+    def _check_uneven(self, path: str) -> None:
+        p, layers = self.parallel, self.model.layers
+        first = p.first_stage_layers or 0
+        last = p.last_stage_layers or 0
+        middle_stages = p.pp - (p.first_stage_layers is not None) - (p.last_stage_layers is not None)
+        rest = layers - first - last
+        if rest < 0 or (middle_stages == 0 and rest) or (middle_stages and (rest <= 0 or rest % middle_stages)):
+            raise UserError(f"{path}.parallel.first_stage_layers: first {p.first_stage_layers} and last "
+                            f"{p.last_stage_layers} stage layers leave {rest} of the model's {layers} layers, "
+                            f"which must split evenly over the other {middle_stages} stages")
+        for name, n in (("first_stage_layers", p.first_stage_layers), ("last_stage_layers", p.last_stage_layers),
+                        ("pp", rest // middle_stages if middle_stages else None)):
+            if n is not None and n % p.vpp:
+                raise UserError(f"{path}.parallel.{name}: every stage's layers must split evenly over vpp "
+                                f"({p.vpp}) chunks, got {n} layers")
+
+    def stage_layers(self) -> list[int]:
+        """Layers on each pipeline stage (Megatron: first/last stage counts, the rest even)."""
+        p, layers = self.parallel, self.model.layers
+        if p.first_stage_layers is None and p.last_stage_layers is None:
+            return [layers // p.pp] * p.pp
+        middle = p.pp - (p.first_stage_layers is not None) - (p.last_stage_layers is not None)
+        each = (layers - (p.first_stage_layers or 0) - (p.last_stage_layers or 0)) // middle if middle else 0
+        out = [each] * p.pp
+        if p.first_stage_layers is not None:
+            out[0] = p.first_stage_layers
+        if p.last_stage_layers is not None:
+            out[-1] = p.last_stage_layers
+        return out
 
     @property
     def params_per_rank(self) -> int:
@@ -114,27 +178,29 @@ class Workload:
         that stage bounds the step.
         """
         m, p = self.model, self.parallel
-        layers = m.layers // p.pp
-        body = layers * m.params_per_layer
+        layers = self.stage_layers()
         # input embedding on the first stage, output projection on the last; both when pp == 1
-        ends = m.embedding_params * (2 if p.pp == 1 and not m.tied_embeddings else 1)
-        return (body + ends) // p.tp
+        if p.pp == 1:
+            ends = [m.embedding_params * (1 if m.tied_embeddings else 2)]
+        else:
+            ends = [m.embedding_params] + [0] * (p.pp - 2) + [m.embedding_params]
+        return max(n * m.params_per_layer + e for n, e in zip(layers, ends)) // p.tp
 
     @property
     def grad_size_bytes(self) -> int:
         """Gradient bytes each DP rank must synchronize per step."""
         return self.params_per_rank * self.grad_bytes
 
-    def param_numels(self) -> list[int]:
-        """The per-rank gradient buffer as parameters in production order, for bucketing
-        (hdc.sync): tensors are not modelled one by one, so the buffer is parameters of
-        bucket_numel elements (the last takes the remainder) and buckets are exactly
-        bucket_numel, as Megatron's buffer makes them."""
-        return self.buckets()
+    def param_numels(self, numel: Optional[int] = None) -> list[int]:
+        """The per-rank gradient buffer (default params_per_rank elements; with shard_params, a
+        rank's shard) as parameters in production order, for bucketing (hdc.sync): tensors are
+        not modelled one by one, so the buffer is parameters of bucket_numel elements (the last
+        takes the remainder) and buckets are exactly bucket_numel, as Megatron's buffer makes them."""
+        return self.buckets(numel)
 
-    def buckets(self) -> list[int]:
+    def buckets(self, numel: Optional[int] = None) -> list[int]:
         """Gradient bucket sizes in elements (last bucket takes the remainder)."""
-        numel = self.params_per_rank
+        numel = self.params_per_rank if numel is None else numel
         per = self.bucket_numel
         out = [per] * (numel // per)
         if numel % per:

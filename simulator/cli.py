@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fraction of nominal bandwidth every WAN link delivers, in (0, 1]")
     f.add_argument("--wan-links-failed", type=int, default=0, metavar="N",
                    help="parallel links down on every WAN connection (traffic fails over)")
+    p.add_argument("--require-fit", action="store_true",
+                   help="exit 2 when the peak memory estimate exceeds the GPU's memory (default: a warning)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--timeline", metavar="OUT.json", default=None,
                    help="write per-rank spans (kind, start_s, end_s) for a Gantt chart")
@@ -58,6 +61,11 @@ def _simulate(args: argparse.Namespace) -> int:
             one, work, strategy, args.calibrate_mfu, constants))
     result = simulate(topo, work, strategy, constants, baseline=not args.no_baseline,
                       timeline=args.timeline is not None, faults=faults_from_args(args))
+    warning = result.fit_warning()
+    if warning and args.require_fit:
+        raise UserError(f"--require-fit: {warning.removeprefix('warning: ')}")
+    if warning:
+        print(warning, file=sys.stderr)
     if args.calibrate_mfu is not None:
         result.assumptions.insert(0, f"compute efficiency calibrated so the same GPUs in one site reach "
                                      f"MFU {args.calibrate_mfu:.1%}")

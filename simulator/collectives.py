@@ -15,7 +15,7 @@ Three ways to execute it on a `Network`, all here:
     All groups of the step advance together at the rate of their common bottleneck. Equal to
     `exact` whenever the groups are symmetric and contention does not change mid-step
     (tested), and to hdc.cost's alpha-beta time when the step runs alone (tested).
-  * `pipelined`: what a collective library really sends (`Pipeline`, gloo's ring by default):
+  * `pipelined`: what a collective library really sends (`LibraryPipelining`, gloo's ring by default):
     each round's message split into segments, a few in flight per connection, each segment
     sent only after the receiver's ready notice arrived — no barrier per round, so latency
     and transfer overlap. Every segment is its own flow, so concurrent groups share links
@@ -120,11 +120,11 @@ def run_exact(env: simpy.Environment, net: Network, routes: Routes, op: str, gro
 
 # ------------------------------------------------------------------------------ pipelined
 RING_OPS = ("all_reduce", "reduce_scatter", "all_gather")
-FORWARDER = "wan-forwarder"  # the resource of Pipeline.forwarder_Bps
+FORWARDER = "wan-forwarder"  # the resource of LibraryPipelining.forwarder_Bps
 
 
 @dataclass(frozen=True)
-class Pipeline:
+class LibraryPipelining:
     """How a collective library streams a step, instead of synchronous rounds.
 
     The defaults are gloo's ring all-reduce (gloo/allreduce.cc: what torch's ProcessGroupGloo
@@ -182,7 +182,7 @@ class Pipeline:
                 for k in wan_links if capacities[k] < self.shaper_peak_Bps}
 
 
-def pipeline_shape(op: str, p: int, numel: int, element_size: int, pipe: Pipeline) -> tuple[int, int, float]:
+def pipeline_shape(op: str, p: int, numel: int, element_size: int, pipe: LibraryPipelining) -> tuple[int, int, float]:
     """(phases, segments per connection per phase, bytes per segment) of one group's step.
     Ring ops: a round's message of m bytes is k = max(min_segments, ceil(m / segment_bytes))
     segments, p-1 rounds per phase (all-reduce: 2 phases). Other ops: one message per round."""
@@ -194,8 +194,8 @@ def pipeline_shape(op: str, p: int, numel: int, element_size: int, pipe: Pipelin
 
 
 def run_pipelined(env: simpy.Environment, net: Network, routes: Routes, op: str, group: Sequence[int],
-                  numel: int, element_size: int, pipe: Pipeline):
-    """SimPy process: one group's step as the library runs it (see `Pipeline`).
+                  numel: int, element_size: int, pipe: LibraryPipelining):
+    """SimPy process: one group's step as the library runs it (see `LibraryPipelining`).
 
     Every member loops like gloo's ring: at iteration i it waits until segment i-W has arrived
     on each of its incoming connections and left on each outgoing one, then posts segment i
@@ -270,14 +270,14 @@ def link_capacities(routes: Routes, efficiency: Mapping[str, float] | None = Non
 
 def simulate_plan(routes: Routes, plan: Plan, mode: str = "coflow", train_step: int = 0,
                   efficiency: Mapping[str, float] | None = None,
-                  pipeline: Pipeline | None = None) -> dict[int, tuple[float, float]]:
+                  pipeline: LibraryPipelining | None = None) -> dict[int, tuple[float, float]]:
     """Run a plan's active steps alone on the network (deps respected, triggers ignored).
 
     mode: 'coflow' (default), 'exact' or 'pipelined' (see the module docstring; `pipeline`
     describes the library, gloo's ring when None). Returns step id -> (start_s, end_s). The
     plan's time is the largest end.
     """
-    pipe = pipeline or Pipeline()
+    pipe = pipeline or LibraryPipelining()
     env = simpy.Environment()
     caps = link_capacities(routes, efficiency)
     buckets = {}

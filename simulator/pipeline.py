@@ -41,7 +41,7 @@ def ideal_bubble_s(pp: int, vpp: int, stage_forward_s: float, stage_backward_s: 
     return (pp - 1) / vpp * (stage_forward_s + stage_backward_s)
 
 
-class Pipeline:
+class PipelineSchedule:
     """One pipeline (or a set of identical replicas simulated as one) on a SimPy env.
 
     send(src_stage, dst_stage) -> event: the network transfer of one activation/gradient.
@@ -51,7 +51,7 @@ class Pipeline:
     """
 
     def __init__(self, env: simpy.Environment, pp: int, vpp: int, micro_batches: int,
-                 forward_s: float, backward_s: float,
+                 forward_s: list[float], backward_s: list[float],
                  send: Callable[[int, int], simpy.Event],
                  param_ready: Callable[[int, int], list],
                  on_last_backward: Callable[[int, int, float, float], None],
@@ -98,7 +98,7 @@ class Pipeline:
                         yield simpy.AllOf(env, waits)
                         self.param_wait_s[s] += env.now - t0
                 start = env.now
-                yield env.timeout(self.forward_s * self.stage_factors[s])
+                yield env.timeout(self.forward_s[vs] * self.stage_factors[s])
                 self._span(s, "forward", start, j, i)
                 if vs < last_vs:
                     self._deliver(self.act, (vs + 1, i), s, (vs + 1) % p)
@@ -107,8 +107,8 @@ class Pipeline:
                     yield self._event(self.grad, (vs, i))
                 start = env.now
                 if i == self.m - 1:
-                    self.on_last_backward(s, j, start, self.backward_s * self.stage_factors[s])
-                yield env.timeout(self.backward_s * self.stage_factors[s])
+                    self.on_last_backward(s, j, start, self.backward_s[vs] * self.stage_factors[s])
+                yield env.timeout(self.backward_s[vs] * self.stage_factors[s])
                 self._span(s, "backward", start, j, i)
                 if vs > 0:
                     self._deliver(self.grad, (vs - 1, i), s, (vs - 1) % p)

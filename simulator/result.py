@@ -44,13 +44,29 @@ class Result:
     memory: Memory  # with the optimizer states as this strategy keeps them
     memory_alternative: Memory  # the other choice (with / without the distributed optimizer)
     distributed_optimizer: bool
+    gpu_memory_bytes: float  # the topology's GPU memory, what `fits` compares against
     constants: dict
     assumptions: list[str]
     events: dict = field(default_factory=dict)  # flows, plan steps: for benchmarks
     spans: list = field(default_factory=list, repr=False)
 
+    @property
+    def fits(self) -> bool:
+        """Whether the peak memory estimate fits the GPU's memory."""
+        return self.memory.total_bytes <= self.gpu_memory_bytes
+
+    def fit_warning(self) -> str | None:
+        """One line when the configuration does not fit, else None."""
+        if self.fits:
+            return None
+        other_fits = self.memory_alternative.total_bytes <= self.gpu_memory_bytes
+        hint = " (the other optimizer choice fits)" if other_fits else ""
+        return (f"warning: does not fit: {fmt_bytes(self.memory.total_bytes)} per GPU estimated, the GPU has "
+                f"{fmt_bytes(self.gpu_memory_bytes)}{hint}")
+
     def to_dict(self) -> dict:
         out = asdict(self)
+        out["fits"] = self.fits
         out.pop("spans")
         out["memory"] = self.memory.to_dict()
         out["memory_alternative"] = self.memory_alternative.to_dict()
@@ -94,6 +110,8 @@ class Result:
                          f"({'distributed' if dist else 'replicated'} optimizer): weights "
                          f"{fmt_bytes(mem.weights_bytes)}, grads {fmt_bytes(mem.grads_bytes)}, optimizer "
                          f"{fmt_bytes(mem.optimizer_bytes)}, activations {fmt_bytes(mem.activations_bytes)}")
+        lines.append(f"  fits                 {'yes' if self.fits else 'NO'} ({fmt_bytes(self.memory.total_bytes)} of "
+                     f"{fmt_bytes(self.gpu_memory_bytes)} GPU memory)")
         lines.append("  assumptions:")
         lines += [f"    - {a}" for a in self.assumptions]
         return "\n".join(lines)

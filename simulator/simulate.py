@@ -12,12 +12,12 @@ from hdc.strategies import Strategy, make_strategy
 from hdc.topology import Topology, load_topology
 from hdc.workload import Workload, load_workload
 from simulator import memory
+from simulator.cache import DEFAULT, SimCache
+from simulator.compute import GENERATIONS
 from simulator.faults import Faults, apply_to_topology, stage_factors
 from simulator.model import SimConstants
 from simulator.result import Breakdown, Result, TierUse, wan_summary
 from simulator.step import RunStats, run_step
-
-_BASELINES: dict[str, float] = {}
 
 
 def single_site(topology: Topology) -> Topology:
@@ -40,12 +40,12 @@ def _resolve(topology, workload, strategy):
 
 
 def _average(topology, workload, strategy, constants, train_step, aggregate, timeline, rounds="coflow",
-             factors=None) -> tuple[RunStats, float]:
+             factors=None, cache: SimCache = DEFAULT) -> tuple[RunStats, float]:
     """Run the step; with periodic plan steps (local SGD, streaming fragments) and no train_step
     given, the step time is the average over one period: each distinct set of due steps is
     simulated once and weighted by how many steps of the period it occurs on."""
     stats = run_step(topology, workload, strategy, constants, train_step or 0, aggregate, timeline,
-                     rounds=rounds, stage_factors=factors)
+                     rounds=rounds, stage_factors=factors, cache=cache)
     period = max((s.period for s in stats.plan.steps), default=1)
     if train_step is not None or period == 1:
         return stats, stats.step_time_s
@@ -57,30 +57,39 @@ def _average(topology, workload, strategy, constants, train_step, aggregate, tim
         t = steps[0]
         time_s = stats.step_time_s if t == 0 else run_step(
             topology, workload, strategy, constants, t, aggregate, False, rounds=rounds,
-            stage_factors=factors).step_time_s
+            stage_factors=factors, cache=cache).step_time_s
         total += time_s * len(steps)
     return stats, total / period
+
+
+def check_fp8(topo: Topology, work: Workload) -> None:
+    if work.fp8 and not GENERATIONS[topo.gpu.generation].fp8_speedup:
+        raise UserError(f"fp8: the GPU generation {topo.gpu.generation} has no FP8 tensor cores "
+                        f"(set fp8: false, or gpu.generation hopper)")
 
 
 def simulate(topology: Union[Topology, str], workload: Union[Workload, str], strategy: Union[Strategy, str],
              constants: Optional[SimConstants] = None, *, baseline: bool = True, timeline: bool = False,
              train_step: Optional[int] = None, aggregate: bool = True, rounds: str = "coflow",
-             faults: Optional[Faults] = None) -> Result:
+             faults: Optional[Faults] = None, cache: Optional[SimCache] = None) -> Result:
     """Predict one training step. `baseline` also simulates the same GPUs in one site for the
     scaling efficiency (cached per configuration). `aggregate=False` simulates every rank
     instead of one pipeline standing for all; `rounds='exact'` (with aggregate=False) sends
     every collective message by message, a barrier per round. Both are slow: they exist to
     check the fast path. `faults` (stragglers, degraded or failed WAN links) change this run;
-    the single-site baseline stays healthy, so the efficiency shows what the faults cost."""
+    the single-site baseline stays healthy, so the efficiency shows what the faults cost.
+    `cache` holds routes, plans and baselines for reuse (simulator.cache; default: one per process)."""
     if rounds == "exact" and aggregate:
         raise ValueError("rounds='exact' needs aggregate=False")
     topo, work, strat = _resolve(topology, workload, strategy)
+    check_fp8(topo, work)
     constants = constants or SimConstants()
     faults = faults or Faults()
+    cache = cache or DEFAULT
     healthy = topo
     topo = apply_to_topology(topo, faults)
     factors = stage_factors(topo, work.parallel.pp, faults)
-    stats, step_s = _average(topo, work, strat, constants, train_step, aggregate, timeline, rounds, factors)
+    stats, step_s = _average(topo, work, strat, constants, train_step, aggregate, timeline, rounds, factors, cache)
     gpus = work.parallel.world_size
     single_s = None
     if baseline:
@@ -90,11 +99,8 @@ def simulate(topology: Union[Topology, str], workload: Union[Workload, str], str
             one = single_site(healthy)
             key = json.dumps([to_dict(one.sites[0]), to_dict(one.gpu), to_dict(work), strat.describe(),
                               asdict(constants), train_step, aggregate, rounds], sort_keys=True, default=str)
-            if key not in _BASELINES:
-                if len(_BASELINES) > 512:
-                    _BASELINES.clear()
-                _BASELINES[key] = _average(one, work, strat, constants, train_step, aggregate, False, rounds)[1]
-            single_s = _BASELINES[key]
+            single_s = cache.get("baselines", key, lambda: _average(
+                one, work, strat, constants, train_step, aggregate, False, rounds, cache=cache)[1])
     capacity = stats.capacity_by_tier
     tiers = {t: TierUse(b, b / (capacity[t] * step_s) if capacity.get(t) else 0.0)
              for t, b in sorted(stats.bytes_by_tier.items())}
@@ -110,8 +116,9 @@ def simulate(topology: Union[Topology, str], workload: Union[Workload, str], str
         mfu=work.step_flops() / (step_s * gpus * topo.gpu.peak_flops),
         tokens_per_s=work.tokens_per_step / step_s,
         scaling_efficiency=(single_s / step_s) if single_s else None, single_site_step_time_s=single_s,
-        tiers=tiers, memory=memory.estimate(work, dist), memory_alternative=memory.estimate(work, not dist),
-        distributed_optimizer=dist, constants=asdict(constants),
+        tiers=tiers, memory=memory.estimate(work, dist, len(topo.sites)),
+        memory_alternative=memory.estimate(work, not dist, len(topo.sites)),
+        distributed_optimizer=dist, gpu_memory_bytes=topo.gpu.memory_bytes, constants=asdict(constants),
         assumptions=faults.describe() + assumptions(topo, work, strat, constants, stats),
         events={"flows": stats.flows, "plan_steps": len(stats.plan.steps)}, spans=stats.spans)
 
@@ -131,7 +138,8 @@ def assumptions(topo: Topology, work: Workload, strat: Strategy, c: SimConstants
         "'param'-phase steps overlapping 'forward' run at the start of the step (previous update)",
         f"TP comm {1 - c.tp_comm_overlap:.0%} exposed; link efficiency node/pod/site/wan "
         f"{c.intra_node_efficiency:g}/{c.intra_pod_efficiency:g}/{c.intra_site_efficiency:g}/{c.wan_efficiency:g}",
-        f"optimizer: {c.optimizer_bytes_per_param:g} B per owned parameter at {c.hbm_bandwidth_Bps / 1e12:g} TB/s",
+        f"optimizer: {c.optimizer_bytes_per_param:g} B per owned parameter at "
+        f"{c.hbm_Bps(topo.gpu.generation) / 1e12:g} TB/s",
     ] + [f"topology: {a}" for a in topo.assumptions]
 
 

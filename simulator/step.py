@@ -18,21 +18,25 @@ it is executed as independent per-stage sub-plans, since the groups of a step ar
 """
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import simpy
 
 from hdc.placement import place
-from hdc.plan import WIRE_OF_ELEMENT_SIZE, Plan, Step
+from hdc.plan import Plan, Step
 from hdc.strategies import Strategy
-from hdc.sync import SyncPlans, sync_plans
-from hdc.topology import Topology, lru_get
+from hdc.topology import Topology
 from hdc.workload import Workload
-from simulator.collectives import Template, coflow_bytes, link_capacities, run_exact, start_coflow, step_template
+from simulator.cache import DEFAULT, SimCache
+from simulator.collectives import Template, link_capacities, run_exact, start_coflow, step_template
 from simulator.model import SimConstants, op_costs
 from simulator.network import Network, Routes, atoms
-from simulator.pipeline import Pipeline, ideal_bubble_s
+from simulator.pipeline import PipelineSchedule, ideal_bubble_s
+from simulator.step_inputs import (GradientClock, cp_exchange, dp_plan, fsdp_collectives, tp_collective,
+                                  workload_sync_plans)
+
+__all__ = ["RunStats", "run_step", "dp_plan", "workload_sync_plans"]
 
 
 @dataclass
@@ -55,281 +59,274 @@ class RunStats:
     spans: list = field(default_factory=list)
 
 
-# Routes and plans depend only on what a topology describes, not on which object holds it: a
-# sweep rebuilds an equal topology for every strategy and chunk count of a grid point. Routes
-# are cached by `Topology.content_key`, plans by `Topology.structure_key` (they never look at
-# link speeds), in small LRU tables.
-_ROUTES: "OrderedDict[str, Routes]" = OrderedDict()
-_PLANS: "OrderedDict[tuple, dict]" = OrderedDict()
-
-
-def routes_for(topology: Topology) -> Routes:
-    """Routes for the topology, built once per distinct topology content."""
-    return lru_get(_ROUTES, topology.content_key, lambda: Routes(topology))
-
-
-def dp_plan(strategy: Strategy, topology: Topology, workload: Workload, groups) -> Plan:
-    """The training step's data-parallel plan, from hdc.sync.sync_plans — the same function
-    the trainer's DistGradientSync calls — over the workload's per-rank parameters."""
-    key = (strategy.describe(), tuple(map(tuple, groups)), workload.params_per_rank,
-           workload.grad_bytes, workload.param_bytes, workload.bucket_numel)
-    cache = lru_get(_PLANS, topology.structure_key, dict)
-    if key not in cache:
-        if len(cache) > 64:
-            cache.clear()
-        cache[key] = workload_sync_plans(strategy, topology, workload, groups).plan
-    return cache[key]
-
-
-def workload_sync_plans(strategy: Strategy, topology: Topology, workload: Workload, groups) -> SyncPlans:
-    """sync_plans for a workload: its per-rank parameters, buckets and gradient/parameter bytes."""
-    return sync_plans(strategy, topology, groups, workload.param_numels(), workload.bucket_numel,
-                      WIRE_OF_ELEMENT_SIZE[workload.grad_bytes], WIRE_OF_ELEMENT_SIZE[workload.param_bytes])
-
-
-class GradientClock:
-    """When backward produces each gradient element of a stage.
-
-    Buffer order is production order (Megatron's buckets: last layers first). A stage's
-    elements are split evenly over its vpp model chunks, chunk vpp-1 first; within a chunk
-    they appear uniformly over the last micro-batch's backward of that chunk."""
-
-    def __init__(self, numel: int, vpp: int):
-        self.numel, self.vpp = numel, vpp
-
-    def locate(self, end: int) -> tuple[int, float]:
-        """(chunk, fraction of its last backward) at which elements [0, end) are all produced."""
-        x = end / self.numel * self.vpp
-        jj = min(max(int(-(-x // 1)) - 1, 0), self.vpp - 1)
-        return self.vpp - 1 - jj, min(max(x - jj, 0.0), 1.0)
-
-    def chunk_range(self, chunk: int) -> tuple[float, float]:
-        jj = self.vpp - 1 - chunk
-        return jj * self.numel / self.vpp, (jj + 1) * self.numel / self.vpp
-
-
 def run_step(topology: Topology, workload: Workload, strategy: Strategy, constants: SimConstants,
              train_step: int = 0, aggregate: bool = True, timeline: bool = False,
              routes: Routes | None = None, rounds: str = "coflow",
-             stage_factors: list[float] | None = None) -> RunStats:
+             stage_factors: list[float] | None = None, cache: SimCache = DEFAULT) -> RunStats:
     """Simulate one step. aggregate=True simulates one pipeline for all DP replicas and TP
     ranks (their traffic folded into link weights); False simulates every rank.
     rounds='exact' runs every collective message by message with a barrier per round
     (only with aggregate=False); 'coflow' runs each group's rounds as one flow.
     stage_factors slow the compute of each pipeline stage (stragglers; see simulator.faults)."""
-    par = workload.parallel
-    pp, vpp, tp, m = par.pp, par.vpp, par.tp, par.micro_batches
-    placement = place(topology, par)
-    routes = routes or routes_for(topology)
-    env = simpy.Environment()
+    return StepSimulation(topology, workload, strategy, constants, train_step, aggregate, timeline,
+                          routes or cache.routes(topology), rounds, stage_factors, cache).run()
 
-    # -- who is simulated: one pipeline standing for every replica and TP rank, or all of them
-    if aggregate:
-        pipes = [[[placement.gpu_of[(d, s, 0)] for d in range(par.dp)] for s in range(pp)]]
-        groups = [[placement.gpu_of[(d, s, 0)] for d in range(par.dp)] for s in range(pp)]
-        gpu_names = routes.gpu_names
 
-        def mult(link):  # links of other TP ranks' GPUs are images, not shared
-            return 1 if (link[0] in gpu_names or link[1] in gpu_names) else tp
-    else:
-        pipes = [[[placement.gpu_of[(d, s, t)]] for s in range(pp)] for d in range(par.dp) for t in range(tp)]
-        groups = placement.dp_groups()
+class StepSimulation:
+    """One step as SimPy processes, set up in the order of the module docstring: who is
+    simulated, the plan split per stage, the network, compute costs, the events pipeline and
+    plan share, then the pipelines, the plan's steps and the optimizer."""
 
-        def mult(link):
-            return 1
-    stage_of = {g: s for (d, s, t), g in placement.gpu_of.items()}
+    def __init__(self, topology: Topology, workload: Workload, strategy: Strategy, constants: SimConstants,
+                 train_step: int, aggregate: bool, timeline: bool, routes: Routes, rounds: str,
+                 stage_factors: list[float] | None, cache: SimCache):
+        self.topology, self.workload, self.constants = topology, workload, constants
+        self.aggregate, self.rounds, self.routes = aggregate, rounds, routes
+        self.par = par = workload.parallel
+        self.pp, self.vpp, self.m = par.pp, par.vpp, par.micro_batches
+        self.factors = stage_factors or [1.0] * par.pp
+        self.placement = place(topology, par)
+        self.env = simpy.Environment()
+        self.spans: list | None = [] if timeline else None
+        self._choose_ranks()
+        self.plan = dp_plan(strategy, topology, workload, self.groups, cache, self.plan_numel)
+        self._split_plan(train_step)
+        self._build_network()
+        self._price_compute()
+        self._share_events()
+        self._start_pipelines(stage_factors)
+        self._start_plan_steps()
+        self._start_optimizer()
 
-    # -- the DP plan, split into per-stage sub-steps -----------------------------------------
-    plan = dp_plan(strategy, topology, workload, groups)
-    steps = [s for s in plan.steps if s.active(train_step)]
-    tpl_cache: dict = {}
-    shared = routes.templates.setdefault((aggregate, tp), {})  # reused by equal topologies
+    # -- who is simulated: one pipeline standing for every replica and TP/CP rank, or all of them
+    def _choose_ranks(self) -> None:
+        gpu_of, par, width = self.placement.gpu_of, self.par, self.placement.width
+        if self.aggregate:
+            self.pipes = [[[gpu_of[(d, s, 0)] for d in range(par.dp)] for s in range(self.pp)]]
+            self.groups = [[gpu_of[(d, s, 0)] for d in range(par.dp)] for s in range(self.pp)]
+            names = self.routes.gpu_names
+            # links of other TP/CP ranks' GPUs are images, not shared: count their messages `width` times
+            self.mult = lambda link: 1 if (link[0] in names or link[1] in names) else width
+        else:
+            self.pipes = [[[gpu_of[(d, s, t)]] for s in range(self.pp)] for d in range(par.dp) for t in range(width)]
+            self.groups = self.placement.dp_groups()
+            self.mult = lambda link: 1
+        if self.workload.shard_params:  # FSDP inside each site; the strategy syncs rank j's shard across sites
+            sites = len(self.topology.sites)
+            per_site = par.dp // sites
+            ts = range(1 if self.aggregate else width)
+            self.groups = [[gpu_of[(si * per_site + j, s, t)] for si in range(sites)]
+                           for s in range(self.pp) for t in ts for j in range(per_site)]
+            self.plan_numel = -(-self.workload.params_per_rank // per_site)
+        else:
+            self.plan_numel = None
+        self.stage_of = {g: s for (d, s, t), g in gpu_of.items()}
+        self._templates: dict = {}
+        self._shared_templates = self.routes.templates.setdefault((self.aggregate, width), {})
 
-    def template(op, grps, algorithm="ring") -> Template:
-        key = (op, grps, algorithm)
-        if key not in tpl_cache:
-            if key not in shared:
-                shared[key] = step_template(routes, op, grps, mult, algorithm)
-            tpl_cache[key] = shared[key]
-        return tpl_cache[key]
+    def template(self, op: str, groups: tuple, algorithm: str = "ring") -> Template:
+        """A step's link loads, shared by equal topologies (kept on their Routes)."""
+        key = (op, groups, algorithm)
+        if key not in self._templates:
+            if key not in self._shared_templates:
+                self._shared_templates[key] = step_template(self.routes, op, groups, self.mult, algorithm)
+            self._templates[key] = self._shared_templates[key]
+        return self._templates[key]
 
-    sub: dict[tuple[int, int], tuple[Step, tuple, tuple]] = {}
-    for step in steps:
-        per: dict[int, tuple[list, list]] = defaultdict(lambda: ([], []))
-        for g, r in zip(step.groups, step.regions):
-            per[stage_of[g[0]]][0].append(tuple(g))
-            per[stage_of[g[0]]][1].append(r)
-        for s, (gs, rs) in per.items():
-            sub[(step.id, s)] = (step, tuple(gs), tuple(rs))
-            template(step.op, tuple(gs), step.algorithm)
-    p2p_tpl = {}
-    for a in range(pp):
-        for b in ((a + 1) % pp, (a - 1) % pp):
-            if a != b:
-                p2p_tpl[(a, b)] = [template("send_recv", tuple(zip(pipe[a], pipe[b]))) for pipe in pipes]
+    # -- the DP plan, split into per-stage sub-steps (the groups of a step are disjoint) -------
+    def _split_plan(self, train_step: int) -> None:
+        self.sub: dict[tuple[int, int], tuple[Step, tuple, tuple]] = {}
+        for step in (s for s in self.plan.steps if s.active(train_step)):
+            per: dict[int, tuple[list, list]] = defaultdict(lambda: ([], []))
+            for g, r in zip(step.groups, step.regions):
+                per[self.stage_of[g[0]]][0].append(tuple(g))
+                per[self.stage_of[g[0]]][1].append(r)
+            for s, (gs, rs) in per.items():
+                self.sub[(step.id, s)] = (step, tuple(gs), tuple(rs))
+                self.template(step.op, tuple(gs), step.algorithm)
+        pp = self.pp
+        self.p2p = {(a, b): [self.template("send_recv", tuple(zip(pipe[a], pipe[b]))) for pipe in self.pipes]
+                    for a in range(pp) for b in ((a + 1) % pp, (a - 1) % pp) if a != b}
 
     # -- network: links grouped into atoms (aggregate) or one resource per link (exact) -------
-    caps = link_capacities(routes, constants.link_efficiency())
-    if aggregate:
-        templates = list({id(t): t for t in tpl_cache.values()}.values())
-        of, atom_caps, _ = atoms(caps, [t.weights for t in templates])
-        net = Network(env, dict(enumerate(atom_caps)))
-        resource_of = of.__getitem__
-        tier_of_res = defaultdict(lambda: defaultdict(float))
-        for link, a in of.items():
-            tier_of_res[a][routes.links[link].tier] += 1 if mult(link) == tp else tp
-    else:
-        net = Network(env, caps)
-        resource_of = None
-        tier_of_res = {k: {l.tier: 1.0} for k, l in routes.links.items()}
+    def _build_network(self) -> None:
+        routes, width = self.routes, self.placement.width
+        caps = link_capacities(routes, self.constants.link_efficiency())
+        if self.aggregate:
+            templates = list({id(t): t for t in self._templates.values()}.values())
+            of, atom_caps, _ = atoms(caps, [t.weights for t in templates])
+            self.net = Network(self.env, dict(enumerate(atom_caps)))
+            self.resource_of = of.__getitem__
+            self.tier_of_res = defaultdict(lambda: defaultdict(float))
+            for link, a in of.items():
+                self.tier_of_res[a][routes.links[link].tier] += 1 if self.mult(link) == width else width
+        else:
+            self.net = Network(self.env, caps)
+            self.resource_of = None
+            self.tier_of_res = {k: {link.tier: 1.0} for k, link in routes.links.items()}
 
-    # -- compute and TP costs ------------------------------------------------------------------
-    tp_s, tp_bytes = _tp_collective(routes, placement, workload, constants)
-    costs = op_costs(workload, topology.gpu.peak_flops, constants, tp_s, tp_bytes)
-    clock = GradientClock(plan.numel, vpp)
-    spans: list = [] if timeline else None
+    # -- compute, TP and CP costs per virtual stage -------------------------------------------
+    def _price_compute(self) -> None:
+        tp_s, tp_bytes = tp_collective(self.routes, self.placement, self.workload, self.constants)
+        cp_s, self.cp_bytes = cp_exchange(self.routes, self.placement, self.workload, self.constants)
+        ag_s, rs_s, self.fsdp_bytes = fsdp_collectives(self.routes, self.placement, self.workload, self.constants)
+        c = self.costs = op_costs(self.workload, self.topology.gpu, self.constants, tp_s, tp_bytes, cp_s,
+                                  (ag_s, rs_s))
+        self.stage_f = [f + t for f, t in zip(c.forward_s, c.tp_forward_s)]
+        self.stage_b = [b + t for b, t in zip(c.backward_s, c.tp_backward_s)]
 
     # -- events the pipeline and the plan share ----------------------------------------------
-    trig = {}  # (pipe, stage, name) -> event
-    trig_at = defaultdict(list)  # (stage, chunk) -> [(fraction, name)]
-    ends: dict[tuple[int, str], int] = {}
-    for (sid, s), (st, gs, rs) in sub.items():
-        if st.trigger and st.phase == "grad":
-            ends[(s, st.trigger)] = max(ends.get((s, st.trigger), 0), max(o + n for o, n in rs))
-    for (s, name), end in ends.items():
-        chunk, frac = clock.locate(end)
-        trig_at[(s, chunk)].append((frac, name))
-        for pi in range(len(pipes)):
-            trig[(pi, s, name)] = env.event()
+    def _share_events(self) -> None:
+        env, sub, vpp = self.env, self.sub, self.vpp
+        self.clock = clock = GradientClock(self.plan.numel, vpp)
+        self.trig = {}  # (pipe, stage, name) -> event
+        self.trig_at = defaultdict(list)  # (stage, chunk) -> [(fraction, name)]
+        ends: dict[tuple[int, str], int] = {}
+        for (_, s), (st, _, rs) in sub.items():
+            if st.trigger and st.phase == "grad":
+                ends[(s, st.trigger)] = max(ends.get((s, st.trigger), 0), max(o + n for o, n in rs))
+        for (s, name), end in ends.items():
+            chunk, frac = clock.locate(end)
+            self.trig_at[(s, chunk)].append((frac, name))
+            for pi in range(len(self.pipes)):
+                self.trig[(pi, s, name)] = env.event()
+        params = {k for k, (st, _, _) in sub.items() if st.phase == "param"}
+        self.pre = {k for k in params if sub[k][0].overlap == "forward"}
+        # a parameter sync with a lag overlaps the following steps: in steady state one is in flight
+        # from the step's start, sharing the network, and it must finish within `lag` steps
+        self.lagged = {k for k in params - self.pre if sub[k][0].lag > 0}
+        self.post = params - self.pre - self.lagged
+        self.done: dict[tuple[int, int], simpy.Event] = {k: env.event() for k in sub}
+        self.param_waits = defaultdict(list)  # (stage, chunk) -> events
+        for k in self.pre:
+            rs = sub[k][2]
+            for chunk in range(vpp):
+                lo, hi = clock.chunk_range(chunk)
+                if any(o < hi and o + n > lo for o, n in rs):
+                    self.param_waits[(k[1], chunk)].append(self.done[k])
 
-    def on_last_backward(pi, s, chunk, start, dur):
-        for frac, name in trig_at.get((s, chunk), ()):
-            ev = trig[(pi, s, name)]
-            env.timeout(frac * dur).callbacks.append(lambda _e, ev=ev: ev.succeed())
+    def _part(self, key) -> int:
+        """Which of pre / lagged / the rest a sub-step belongs to (deps stay within a part)."""
+        return 0 if key in self.pre else 1 if key in self.lagged else 2
 
-    pre = {k for k, (st, _, _) in sub.items() if st.phase == "param" and st.overlap == "forward"}
-    # a parameter sync with a lag overlaps the following steps: in steady state one is in flight
-    # from the step's start, sharing the network, and it must finish within `lag` steps
-    lagged = {k for k, (st, _, _) in sub.items() if st.phase == "param" and st.lag > 0 and k not in pre}
-    post = {k for k, (st, _, _) in sub.items() if st.phase == "param" and k not in pre and k not in lagged}
-    part = lambda k: 0 if k in pre else 1 if k in lagged else 2  # noqa: E731 (deps stay within a part)
-    done: dict[tuple[int, int], simpy.Event] = {k: env.event() for k in sub}
-    param_waits = defaultdict(list)  # (stage, chunk) -> events
-    for k in pre:
-        st, gs, rs = sub[k]
-        for chunk in range(vpp):
-            lo, hi = clock.chunk_range(chunk)
-            if any(o < hi and o + n > lo for o, n in rs):
-                param_waits[(k[1], chunk)].append(done[k])
+    def _on_last_backward(self, pi, s, chunk, start, dur) -> None:
+        for frac, name in self.trig_at.get((s, chunk), ()):
+            ev = self.trig[(pi, s, name)]
+            self.env.timeout(frac * dur).callbacks.append(lambda _e, ev=ev: ev.succeed())
 
-    def make_send(pi):
-        def send(a, b):
-            tpl = p2p_tpl[(a, b)][pi]
-            return start_coflow(net, "send_recv", tpl, costs.p2p_bytes, 1, resource_of)
-        return send
+    # -- the pipelines ---------------------------------------------------------------------------
+    def _start_pipelines(self, stage_factors) -> None:
+        def sender(pi):
+            return lambda a, b: start_coflow(self.net, "send_recv", self.p2p[(a, b)][pi], self.costs.p2p_bytes, 1,
+                                             self.resource_of)
 
-    pipelines = [Pipeline(env, pp, vpp, m, costs.forward_s + costs.tp_forward_s,
-                          costs.backward_s + costs.tp_backward_s, make_send(pi),
-                          lambda s, j: param_waits.get((s, j), []),
-                          lambda s, j, t0, d, pi=pi: on_last_backward(pi, s, j, t0, d),
-                          spans=spans if pi == 0 else None, name="pipeline", stage_factors=stage_factors)
-                 for pi in range(len(pipes))]
-    optimizer_done = env.event()
+        self.pipelines = [
+            PipelineSchedule(self.env, self.pp, self.vpp, self.m, self.stage_f, self.stage_b, sender(pi),
+                             lambda s, j: self.param_waits.get((s, j), []),
+                             lambda s, j, t0, d, pi=pi: self._on_last_backward(pi, s, j, t0, d),
+                             spans=self.spans if pi == 0 else None, name="pipeline", stage_factors=stage_factors)
+            for pi in range(len(self.pipes))]
 
-    def run_sub(key):
-        st, gs, rs = sub[key]
-        s = key[1]
-        deps = [done[(d, s)] for d in st.deps if (d, s) in done and part((d, s)) == part(key)]
-        if key in post:
-            deps.append(optimizer_done)
+    # -- the plan's steps -------------------------------------------------------------------------
+    def _deps(self, key) -> list:
+        st, s = self.sub[key][0], key[1]
+        deps = [self.done[(d, s)] for d in st.deps if (d, s) in self.done and self._part((d, s)) == self._part(key)]
+        if key in self.post:
+            deps.append(self.optimizer_done)
         if st.phase == "grad":
-            if st.trigger:
-                deps += [trig[(pi, s, st.trigger)] for pi in range(len(pipes))]
-            elif not st.deps:
-                deps += [p.done[s] for p in pipelines]
+            overlap = self.workload.overlap_grad_reduce
+            if st.trigger and overlap:
+                deps += [self.trig[(pi, s, st.trigger)] for pi in range(len(self.pipes))]
+            elif not st.deps or not overlap:  # the first step, or every step without overlap: after backward
+                deps += [p.done[s] for p in self.pipelines]
+        return deps
+
+    def _run_sub(self, key):
+        env, net = self.env, self.net
+        st, gs, rs = self.sub[key]
+        deps = self._deps(key)
         if deps:
             yield simpy.AllOf(env, deps)
         start = env.now
-        esize = plan.wire_bytes(st)
-        numel = max(n for _, n in rs)
-        if aggregate:
-            yield start_coflow(net, st.op, template(st.op, gs, st.algorithm), numel, esize, resource_of)
-        elif rounds == "coflow":
-            yield simpy.AllOf(env, [start_coflow(net, st.op, template(st.op, (g,), st.algorithm), n, esize)
+        esize = self.plan.wire_bytes(st)
+        if self.aggregate:
+            tpl = self.template(st.op, gs, st.algorithm)
+            yield start_coflow(net, st.op, tpl, max(n for _, n in rs), esize, self.resource_of)
+        elif self.rounds == "coflow":
+            yield simpy.AllOf(env, [start_coflow(net, st.op, self.template(st.op, (g,), st.algorithm), n, esize)
                                     for g, (_, n) in zip(gs, rs)])
         else:
-            yield simpy.AllOf(env, [env.process(run_exact(env, net, routes, st.op, g, n, esize, st.algorithm))
+            yield simpy.AllOf(env, [env.process(run_exact(env, net, self.routes, st.op, g, n, esize, st.algorithm))
                                     for g, (_, n) in zip(gs, rs)])
-        if spans is not None:
-            spans.append(("dp", s, f"dp:{st.label or st.op}", start, env.now, f"step {st.id} chunk {st.chunk}"))
-        done[key].succeed()
+        if self.spans is not None:
+            self.spans.append(("dp", key[1], f"dp:{st.label or st.op}", start, env.now,
+                               f"step {st.id} chunk {st.chunk}"))
+        self.done[key].succeed()
 
-    for key in sub:
-        env.process(run_sub(key))
+    def _start_plan_steps(self) -> None:
+        self.optimizer_done = self.env.event()
+        for key in self.sub:
+            self.env.process(self._run_sub(key))
 
-    owned = sum(n for _, n in plan.owned_regions(groups[0][0]))
-    opt_s = owned * constants.optimizer_bytes_per_param / constants.hbm_bandwidth_Bps
-    grad_done = [done[k] for k in sub if k not in pre and k not in post and k not in lagged]
-    marks = {}
+    # -- the optimizer: memory-bound Adam over the owned elements, once every stage is synced --
+    def _start_optimizer(self) -> None:
+        self.owned = sum(n for _, n in self.plan.owned_regions(self.groups[0][0]))
+        c = self.constants
+        self.opt_s = self.owned * c.optimizer_bytes_per_param / c.hbm_Bps(self.topology.gpu.generation)
+        self.marks: dict[str, float] = {}
+        self.lag_end: dict = {}
+        self.env.process(self._optimizer())
+        if self.lagged:
+            self.env.process(self._lagged())
 
-    def optimizer():
-        yield simpy.AllOf(env, [p.done[s] for p in pipelines for s in range(pp)] + grad_done)
-        marks["grads"] = env.now
-        start = env.now
-        yield env.timeout(opt_s)
-        if spans is not None:
-            for s in range(pp):
-                spans.append(("pipeline", s, "optimizer", start, env.now, ""))
-        optimizer_done.succeed()
-        if post:
-            yield simpy.AllOf(env, [done[k] for k in post])
-        marks["end"] = env.now
+    def _optimizer(self):
+        env = self.env
+        grad_done = [self.done[k] for k in self.sub if self._part(k) == 2 and k not in self.post]
+        yield simpy.AllOf(env, [p.done[s] for p in self.pipelines for s in range(self.pp)] + grad_done)
+        self.marks["grads"] = start = env.now
+        yield env.timeout(self.opt_s)
+        if self.spans is not None:
+            self.spans.extend(("pipeline", s, "optimizer", start, env.now, "") for s in range(self.pp))
+        self.optimizer_done.succeed()
+        if self.post:
+            yield simpy.AllOf(env, [self.done[k] for k in self.post])
+        self.marks["end"] = env.now
 
-    lag_end = {}
+    def _lagged(self):
+        for k in self.lagged:
+            yield self.done[k]
+            self.lag_end[k] = self.env.now
 
-    def overlapped():
-        for k in lagged:
-            yield done[k]
-            lag_end[k] = env.now
+    # -- run, then the breakdown (per GPU of the critical stage; sums to the step time) --------
+    def run(self) -> RunStats:
+        self.env.run()
+        # a lagged sync longer than its `lag` steps holds the step that applies it back
+        step_s = max([self.marks["end"]] + [end / self.sub[k][0].lag for k, end in self.lag_end.items()])
+        pp, vpp, m, c = self.pp, self.vpp, self.m, self.costs
+        pipe_end = max(self.pipelines[0].end_s)
+        param_wait = max(self.pipelines[0].param_wait_s)
+        # the critical stage: the most work per step (uneven stages, the last one's output layer)
+        work = [sum(self.stage_f[j * pp + s] + self.stage_b[j * pp + s] for j in range(vpp)) * self.factors[s]
+                for s in range(pp)]
+        crit = max(range(pp), key=work.__getitem__)
+        chunks = [j * pp + crit for j in range(vpp)]
+        compute = m * sum(c.forward_s[v] + c.backward_s[v] for v in chunks) * self.factors[crit]
+        tp_exposed = m * sum(c.tp_forward_s[v] + c.tp_backward_s[v] for v in chunks)
+        ideal = ideal_bubble_s(pp, vpp, sum(self.stage_f[v] for v in chunks), sum(self.stage_b[v] for v in chunks))
+        rest = max(pipe_end - param_wait - compute - tp_exposed, 0.0)
+        bubble = min(rest, ideal)
+        dp_exposed = param_wait + (self.marks["grads"] - pipe_end) + (step_s - self.marks["grads"] - self.opt_s)
+        return RunStats(step_s, compute, tp_exposed, bubble, rest - bubble, dp_exposed, self.opt_s, pipe_end,
+                        self._bytes_by_tier(), self.routes.tier_capacity(), self.plan, self.owned, 0,
+                        self.net.flows_started, self.spans or [])
 
-    env.process(optimizer())
-    if lagged:
-        env.process(overlapped())
-    env.run()
-    # a lagged sync longer than its `lag` steps holds the step that applies it back
-    T = max([marks["end"]] + [end / sub[k][0].lag for k, end in lag_end.items()])
-
-    # -- breakdown (per GPU of the critical stage; sums to the step time) -------------------------
-    pipe_end = max(pipelines[0].end_s)
-    param_wait = max(pipelines[0].param_wait_s)
-    compute = m * vpp * (costs.forward_s + costs.backward_s) * max(stage_factors or [1.0])
-    tp_exposed = m * vpp * (costs.tp_forward_s + costs.tp_backward_s)
-    ideal = ideal_bubble_s(pp, vpp, vpp * (costs.forward_s + costs.tp_forward_s),
-                           vpp * (costs.backward_s + costs.tp_backward_s))
-    rest = max(pipe_end - param_wait - compute - tp_exposed, 0.0)
-    bubble = min(rest, ideal)
-    dp_exposed = param_wait + (marks["grads"] - pipe_end) + (T - marks["grads"] - opt_s)
-
-    bytes_by_tier: dict[str, float] = defaultdict(float)
-    for res, b in net.bytes_by_resource.items():
-        for tier, count in tier_of_res[res].items():
-            bytes_by_tier[tier] += b * count
-    bytes_by_tier["intra_node"] += costs.tp_bytes_per_op * m * vpp * par.world_size
-    return RunStats(T, compute, tp_exposed, bubble, rest - bubble, dp_exposed, opt_s, pipe_end,
-                    dict(bytes_by_tier), routes.tier_capacity(), plan, owned, 0, net.flows_started, spans or [])
-
-
-def _tp_collective(routes: Routes, placement, workload: Workload, constants: SimConstants) -> tuple[float, float]:
-    """Time and per-GPU bytes of one TP all-gather of a micro-batch's activation, run alone
-    on the network (NVLink carries nothing else, so alone is exact)."""
-    par = workload.parallel
-    if par.tp < 2:
-        return 0.0, 0.0
-    group = tuple(placement.gpu_of[(0, 0, t)] for t in range(par.tp))
-    env = simpy.Environment()
-    net = Network(env, link_capacities(routes, constants.link_efficiency()))
-    tpl = step_template(routes, "all_gather", (group,))
-    numel = par.micro_batch_size * workload.model.seq_len * workload.model.hidden
-    ev = start_coflow(net, "all_gather", tpl, numel, constants.activation_bytes)
-    env.run(ev)
-    return env.now, coflow_bytes("all_gather", tpl, numel, constants.activation_bytes)
+    def _bytes_by_tier(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for res, b in self.net.bytes_by_resource.items():
+            for tier, count in self.tier_of_res[res].items():
+                out[tier] += b * count
+        out["intra_node"] += self.costs.tp_bytes_per_microbatch * self.m
+        for extra in (self.cp_bytes, self.fsdp_bytes):
+            for tier, b in (extra or {}).items():
+                out[tier] += b * self.m
+        return dict(out)

@@ -155,9 +155,9 @@ def test_pipelined_bandwidth_bound_notice_queues_behind_reverse_data():
     expected = 2 * (3 * 0.001 + 4 * (1 << 20) / 1e8)
     assert _pipelined_s(topo, _all_reduce([(0, 1)], 8 << 20)) == pytest.approx(expected, rel=1e-9)
     # without the rendezvous nothing waits for a notice: the wire streams, per half L + 4s
-    from simulator.collectives import Pipeline
+    from simulator.collectives import LibraryPipelining
 
-    bare = _pipelined_s(topo, _all_reduce([(0, 1)], 8 << 20), Pipeline(rendezvous=False))
+    bare = _pipelined_s(topo, _all_reduce([(0, 1)], 8 << 20), LibraryPipelining(rendezvous=False))
     assert bare == pytest.approx(2 * (0.001 + 4 * (1 << 20) / 1e8), rel=1e-9)
 
 
@@ -183,7 +183,7 @@ def test_pipelined_ring_beats_synchronous_rounds_and_groups_share_the_wan():
 
 def test_call_overhead_is_paid_once_per_step():
     from hdc.plan import Plan
-    from simulator.collectives import Pipeline
+    from simulator.collectives import LibraryPipelining
 
     topo = _wan_pair()
     plan = Plan(numel=1024, element_size=4)
@@ -191,13 +191,13 @@ def test_call_overhead_is_paid_once_per_step():
     plan.add("all_gather", [(0, 1)], [(0, 1024)], deps=(rs.id,))
     bare = _pipelined_s(topo, plan)
     assert bare == pytest.approx(2 * (2 * 0.01 + 2 * 1024 / 1e8), rel=1e-9)  # per step: 2 segments of 1 KiB
-    assert _pipelined_s(topo, plan, Pipeline(call_overhead_s=0.003)) == pytest.approx(bare + 0.006, rel=1e-9)
+    assert _pipelined_s(topo, plan, LibraryPipelining(call_overhead_s=0.003)) == pytest.approx(bare + 0.006, rel=1e-9)
 
 
 def test_pipeline_shape_follows_gloo_segmenting():
-    from simulator.collectives import Pipeline, pipeline_shape
+    from simulator.collectives import LibraryPipelining, pipeline_shape
 
-    g = Pipeline()
+    g = LibraryPipelining()
     assert pipeline_shape("all_reduce", 4, (1 << 20) // 4, 4, g) == (2, 6, 128 << 10)  # 8 segments, 2 per rank
     assert pipeline_shape("all_reduce", 2, (64 << 20) // 4, 4, g) == (2, 32, 1 << 20)  # 1 MiB segments
     phases, count, seg = pipeline_shape("all_reduce", 3, (64 << 20) // 4, 4, g)  # gloo: 66 segments, 22 a rank
@@ -249,11 +249,11 @@ def test_model_topology_keeps_the_configured_wan_and_takes_the_local_constants()
 
 
 def test_shaper_burst_carries_small_messages_at_the_peak():
-    from simulator.collectives import Pipeline
+    from simulator.collectives import LibraryPipelining
 
     # 4 KiB 2-rank all-reduce at 100 MB/s, 10 ms: 1 KiB segments, per half 2L + 2s (above);
     # inside the 200 KB burst each segment is serialized at the 1 GB/s peak instead
-    shaped = Pipeline(shaper_burst_s=0.002, shaper_peak_Bps=1e9)
+    shaped = LibraryPipelining(shaper_burst_s=0.002, shaper_peak_Bps=1e9)
     got = _pipelined_s(_wan_pair(), _all_reduce([(0, 1)], 4 << 10), shaped)
     assert got == pytest.approx(2 * (2 * 0.01 + 2 * 1024 / 1e9), rel=1e-9)
     # 8 MiB (1 MiB segments, beyond the burst): the bucket refills in the idle gaps while a
@@ -407,18 +407,18 @@ def test_shipped_compressed_measurements_stay_predicted():
 
 
 def test_one_forwarder_carries_every_wan_byte():
-    from simulator.collectives import Pipeline
+    from simulator.collectives import LibraryPipelining
 
     # 2 sites x 2 ranks, a 1 GB/s WAN that never binds, the delay line good for 100 MB/s: the
     # two groups' four directions share it, 25 MB/s each. Without the rendezvous the window
     # streams (s = 41.9 ms > L): per half L + 4s
     topo = _wan_pair(one_way_s=0.01, rate_Bps=1e9, ranks_per_site=2)
     plan = _all_reduce([(0, 2), (1, 3)], 8 << 20)
-    pipe = Pipeline(rendezvous=False, forwarder_Bps=1e8)
+    pipe = LibraryPipelining(rendezvous=False, forwarder_Bps=1e8)
     assert _pipelined_s(topo, plan, pipe) == pytest.approx(2 * (0.01 + 4 * (1 << 20) / 25e6), rel=1e-9)
     # inside a site nothing crosses the forwarder
     local = _all_reduce([(0, 1), (2, 3)], 8 << 20)
-    assert _pipelined_s(topo, local, pipe) == _pipelined_s(topo, local, Pipeline(rendezvous=False))
+    assert _pipelined_s(topo, local, pipe) == _pipelined_s(topo, local, LibraryPipelining(rendezvous=False))
 
 
 def test_forwarder_capacity_from_the_delay_lines_cpu(tmp_path):

@@ -31,7 +31,8 @@ def test_every_link_and_image_exists_and_no_figure_is_empty(report):
 
     page = open(os.path.join(report, "index.html"), encoding="utf-8").read()
     refs = set(re.findall(r'(?:src|href)="([^"#:]+)"', page))
-    assert {"breakdown.png", "distance.png", "gantt.png", "repro.csv"} <= refs
+    assert {"breakdown.png", "distance.png", "gantt.png", "repro.csv", "published.png",
+            "published_table.csv"} <= refs
     for ref in refs:
         assert os.path.isfile(os.path.join(report, ref)), ref
     for png in (r for r in refs if r.endswith(".png")):

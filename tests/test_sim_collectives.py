@@ -82,23 +82,23 @@ def test_contended_steps_take_longer_than_their_closed_form_assumes():
 
 
 def test_pipelined_model_charges_the_codec_of_lossy_steps_only():
-    """Pipeline.codec_Bps: a lossy reduce-scatter encodes its region and decodes p shards, an
+    """LibraryPipelining.codec_Bps: a lossy reduce-scatter encodes its region and decodes p shards, an
     all-gather encodes one shard and decodes p; exact steps cost nothing more."""
-    from simulator.collectives import Pipeline, simulate_plan
+    from simulator.collectives import LibraryPipelining, simulate_plan
     from simulator.network import Routes
 
     t = load_topology("tiny-2site")
-    pipe = Pipeline(codec_Bps=1e9)
+    pipe = LibraryPipelining(codec_Bps=1e9)
     assert pipe.codec_s("reduce_scatter", 2, 1000) == (4000 / 1e9, 4000 / 1e9)
     assert pipe.codec_s("all_gather", 2, 1000) == (2000 / 1e9, 4000 / 1e9)
-    assert Pipeline().codec_s("reduce_scatter", 2, 1000) == (0.0, 0.0)
+    assert LibraryPipelining().codec_s("reduce_scatter", 2, 1000) == (0.0, 0.0)
     exact = make_strategy("hierarchical").plan(t, None, 1 << 20, 4)
     lossy = make_strategy("compressed").plan(t, None, 1 << 20, 4)
     routes = Routes(t)
 
     def total(plan, p):
         return max(end for _, end in simulate_plan(routes, plan, "pipelined", pipeline=p).values())
-    assert total(exact, pipe) == total(exact, Pipeline())
+    assert total(exact, pipe) == total(exact, LibraryPipelining())
     wan = [s for s in lossy.steps if lossy.lossy(s)]
     extra = sum(sum(pipe.codec_s(s.op, 2, s.numel)) for s in wan)
-    assert total(lossy, pipe) == pytest.approx(total(lossy, Pipeline()) + extra, rel=1e-9)
+    assert total(lossy, pipe) == pytest.approx(total(lossy, LibraryPipelining()) + extra, rel=1e-9)

@@ -3,7 +3,7 @@
 
 The one fitted constant is the compute efficiency, calibrated so the same GPUs in one site
 reach the published 51% MFU; everything else comes out of the model. Assumptions (stated
-in the presets and docs/simulator.md): WAN 20 x 400 Gb/s at 90% goodput, 8 chunks
+in the presets and docs/simulator.md): WAN 22 x 400 Gb/s at 90% goodput, 8 chunks
 (one per virtual pipeline stage) each starting when backward has produced it.
 """
 import copy

@@ -123,8 +123,9 @@ def test_atoms_group_indistinguishable_links():
 
 
 def test_routes_are_shared_by_equal_topologies_only():
-    from simulator.step import routes_for
+    from simulator.cache import SimCache
 
+    routes_for = SimCache().routes
     a, b = load_topology("tiny-2site"), load_topology("tiny-2site")
     assert a is not b and routes_for(a) is routes_for(b)
     raw = raw_topology("tiny-2site")

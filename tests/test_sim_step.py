@@ -79,16 +79,24 @@ def test_breakdown_sums_to_step_time_and_mfu_follows():
 
 
 def test_single_stage_no_comm_is_pure_compute():
-    t = topology_from_dict({"name": "one", "sites": [{"name": "a", "nodes": 1, "gpus_per_node": 1,
-                            "intra_node": {"latency": "3us", "bandwidth": "450GB/s"},
-                            "intra_pod": {"latency": "5us", "bandwidth": "400Gbps"}}]})
+    # a slow generic GPU (no tiling): every GEMM and the attention core compute-bound, the
+    # elementwise ops memory-bound
+    t = topology_from_dict({"name": "one", "gpu": {"peak_flops": "1TFLOPS"},
+                            "sites": [{"name": "a", "nodes": 1, "gpus_per_node": 1,
+                                       "intra_node": {"latency": "3us", "bandwidth": "450GB/s"},
+                                       "intra_pod": {"latency": "5us", "bandwidth": "400Gbps"}}]})
     w = workload_from_dict({"model": {"name": "m", "layers": 2, "hidden": 256, "heads": 4, "kv_heads": 4,
                                       "ffn": 1024, "vocab": 1000, "seq_len": 128},
-                            "parallel": {"dp": 1, "global_batch_size": 4}})
+                            "parallel": {"dp": 1, "global_batch_size": 4}, "recompute": "none"})
     c = SimConstants(compute_efficiency=0.5)
     r = simulate(t, w, "hierarchical", c, baseline=False)
-    flops = w.step_flops()
-    assert r.breakdown.compute_s == pytest.approx(flops / (t.gpu.peak_flops * 0.5))
+    tokens, L, d = 4 * 128, 2, 256
+    # PaLM model FLOPs less the norms' weights (counted in N, but no matmul): 6 · 2d · L per token
+    matmul_flops = w.step_flops() - 6 * 2 * d * L * tokens
+    # per token and layer: 2 norms + 2 residual adds = 10 d elements, the gated MLP's SwiGLU 3 f;
+    # 2 bytes each, forward once and backward twice
+    elementwise_bytes = 3 * 2 * tokens * L * (10 * d + 3 * 1024)
+    assert r.breakdown.compute_s == pytest.approx(matmul_flops / (1e12 * 0.5) + elementwise_bytes / 3.35e12)
     assert r.step_time_s == pytest.approx(r.breakdown.compute_s + r.breakdown.optimizer_s)
 
 

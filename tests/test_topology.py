@@ -76,7 +76,7 @@ def test_three_site_routes_over_the_lowest_latency_path():
     ({"wan__0__sites": ["a", "z"]}, "wan[0].sites: unknown site 'z'"),
     ({"wan__0__distance": "10km"}, "wan[0]: give exactly one of rtt or distance"),
     ({"wan__0__links": 0}, "wan[0].links: must be an integer > 0, got 0"),
-    ({"sites__0__pods": 3}, "sites[0].pods: must divide nodes (2), got 3"),
+    ({"sites__0__pods": 3}, "sites[0].pods: must be at most nodes (2), got 3"),
     ({"sites__0__intra_site": {"latency": "1us", "bandwidth": "1Gbps"}}, "sites[0].intra_site.latency: must be >= intra_pod"),
     ({"wan": []}, "wan: site 'b' is not connected"),
     ({"sites": []}, "sites: must list at least one site"),
@@ -147,3 +147,15 @@ def test_costing_a_huge_topology_touches_only_the_gpus_used():
     gpus = [0, 1, t.site_gpus(1).start, t.site_gpus(1).start + 1]
     assert plan_time_s(t, make_strategy("hierarchical").plan(t, [gpus], 1 << 20)) > 0.01  # crosses the 20 ms WAN
     assert time.perf_counter() - start < 5
+
+
+def test_pods_need_not_divide_nodes():
+    # 5 nodes in 2 pods: the first pod takes 3 nodes, the second 2; uplinks sized for the smaller pod
+    t = topology_from_dict({"name": "uneven", "sites": [{"name": "a", "nodes": 5, "gpus_per_node": 2, "pods": 2,
+                            "intra_node": {"latency": "3us", "bandwidth": "450GB/s"},
+                            "intra_pod": {"latency": "5us", "bandwidth": "400Gbps"},
+                            "intra_site": {"latency": "7us", "bandwidth": "400Gbps"}}]})
+    assert [t.locate(g).pod for g in range(0, 10, 2)] == [0, 0, 0, 1, 1]
+    assert t.tier_between(0, 5) == "intra_pod" and t.tier_between(5, 6) == "intra_site"
+    up = t.links()[("s0/p0/leaf", "s0/gw")]
+    assert up.bandwidth_Bps == pytest.approx(400e9 / 8 * 2 * 2)  # 2 nodes x 2 GPUs x 400 Gb/s

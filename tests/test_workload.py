@@ -53,7 +53,7 @@ def test_placement_keeps_pipelines_inside_a_site():
     ({"model": "llama-3-8b", "parallel": {"tp": 0}}, "parallel.tp: must be an integer > 0"),
     ({"model": "llama-3-8b", "parallel": {"dp": 3, "global_batch_size": 4}}, "parallel.global_batch_size: must be a multiple"),
     ({"model": "llama-3-8b", "parallel": {"pp": 5}}, "parallel.pp: pp × vpp (5) must divide"),
-    ({"model": "llama-3-8b", "grad_bytes": 3}, "grad_bytes: must be one of 2, 4"),
+    ({"model": "llama-3-8b", "grad_bytes": 3}, "grad_bytes: must be one of 1, 2, 4, got 3"),
 ])
 def test_workload_mistakes(data, message):
     with pytest.raises(UserError) as e:
@@ -69,3 +69,17 @@ def test_placement_mistakes():
     w = workload_from_dict({"model": "nemotron-4-340b", "parallel": {"tp": 16, "pp": 12, "dp": 2, "global_batch_size": 2}})
     with pytest.raises(UserError, match="parallel.tp: must divide gpus_per_node"):
         place(topo, w.parallel)
+
+
+def test_docs_list_every_workload_and_simulator_field():
+    import os
+
+    from hdc.config import help_table
+    from hdc.workload import Workload
+    from simulator.model import SimConstants
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "simulator.md"), encoding="utf-8").read()
+    for cls in (Workload, SimConstants):
+        for name, *_ in help_table(cls):
+            if not name.startswith("model."):
+                assert f"`{name}`" in doc, name

@@ -18,7 +18,7 @@ warm-up:
 
 `fit` turns the medians into the model's constants (`Calibration`) by running the probe's own
 plans through the model that predicts the validated plans — the simulator's `pipelined` mode
-with gloo's ring (`simulator.collectives.Pipeline`) on the topology of `model_for`. gloo's
+with gloo's ring (`simulator.collectives.LibraryPipelining`) on the topology of `model_for`. gloo's
 segments, window and rendezvous need no constant: they are the algorithm (gloo/allreduce.cc).
 The same constants serve every strategy and size of the config; nothing is fitted to the
 collectives being validated.
@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from hdc.plan import Plan
 from hdc.topology import Topology
 from experiments.emulate.spec import with_tiers
-from simulator.collectives import Pipeline
+from simulator.collectives import LibraryPipelining
 
 LOCAL_SIZES_BYTES = (4 << 10, 1 << 20, 16 << 20)
 CODEC_SIZES_BYTES = (1 << 20, 16 << 20)
@@ -180,12 +180,12 @@ class Calibration:
     codec_Bps: float = 0.0  # fp32 bytes per second a rank encodes/decodes on a lossy wire (0: free)
 
 
-def model_for(topology: Topology, c: Calibration) -> tuple[Topology, Pipeline]:
+def model_for(topology: Topology, c: Calibration) -> tuple[Topology, LibraryPipelining]:
     """(the topology the simulator predicts on, the pipeline of its `pipelined` mode).
     Every WAN path keeps its configured one-way delay (the delay line holds each packet that
     long; its own lateness is 40-100 us) and its configured rate × wan_efficiency; ranks of a
     site talk at (local_latency_s, local_Bps); each collective call costs call_overhead_s;
-    gloo's ring (segments, window, rendezvous) is `Pipeline`'s defaults. The WAN links carry
+    gloo's ring (segments, window, rendezvous) is `LibraryPipelining`'s defaults. The WAN links carry
     the shaper's token bucket exactly as `netns` configures tbf/htb (2 ms of the rate, at least
     4 packets); a burst passes at the rate of an unshaped path, for which the local rate
     stands in (a loopback TCP path through this machine's kernel, like the TUN path unshaped)."""
@@ -198,7 +198,7 @@ def model_for(topology: Topology, c: Calibration) -> tuple[Topology, Pipeline]:
         cross[tuple(w.sites)] = wan_pair(topology, a, b)[0]
     topo = with_tiers(topology, node=(c.local_latency_s, c.local_Bps), cross_site_s=cross,
                       wan_share=c.wan_efficiency, name_suffix="+calibrated")
-    return topo, Pipeline(call_overhead_s=c.call_overhead_s, shaper_burst_s=BURST_S,
+    return topo, LibraryPipelining(call_overhead_s=c.call_overhead_s, shaper_burst_s=BURST_S,
                           shaper_min_burst_bytes=BURST_MIN_MTUS * EmulationSpec.mtu_bytes,
                           shaper_peak_Bps=c.local_Bps, forwarder_Bps=c.forwarder_Bps, codec_Bps=c.codec_Bps)
 
@@ -284,7 +284,7 @@ def _solve(model, measured: float, lo: float, hi: float, geometric: bool = False
 def wan_share(topology: Topology, calib: dict) -> float:
     """Fraction of the configured WAN capacity that every rank pair between two sites reaches
     together (wan_all probe; 1 when there is one rank per site). Descriptive: the model does
-    not use it (gloo's window limits each connection, see Pipeline)."""
+    not use it (gloo's window limits each connection, see LibraryPipelining)."""
     from experiments.emulate.spec import wan_pair
 
     if "wan_all" not in calib:

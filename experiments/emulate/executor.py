@@ -33,7 +33,7 @@ def executor_for(topology: Topology, plans: list[Plan], rank: int, world: int) -
 
 def predict_s(topology: Topology, plan: Plan, pipeline=None) -> tuple[float, str]:
     """(predicted time of the plan run alone, which model gave it): the simulator's
-    `pipelined` mode with `pipeline` (a simulator.collectives.Pipeline: gloo's ring when None)."""
+    `pipelined` mode with `pipeline` (a simulator.collectives.LibraryPipelining: gloo's ring when None)."""
     from simulator.collectives import simulate_plan
     from simulator.network import Routes
 
