@@ -28,7 +28,7 @@ def write_sections(w, cfg, eff, rows, runs, measured, constants) -> None:
     w.parts.append('<p class="small">Sections: <a href="#repro">1 Nemotron-4 340B on two sites</a> · '
                    '<a href="#distance">2 distance</a> · <a href="#whatif">3 what-ifs</a> · <a href="#gantt">4 one step</a>'
                    ' · <a href="#tiers">5 link tiers</a> · <a href="#measured">6 predicted vs measured</a> · '
-                   '<a href="#runs">7 GRPO runs</a></p>')
+                   '<a href="#runs">7 GRPO runs</a> · <a href="#rl">8 GRPO across sites</a></p>')
 
     # 1. reproduction
     w.h2("1. Nemotron-4 340B across two datacenters: published vs predicted", "repro")
@@ -127,6 +127,11 @@ def write_sections(w, cfg, eff, rows, runs, measured, constants) -> None:
     # 7. runs
     w.h2("7. GRPO runs", "runs")
     _runs(w, runs)
+
+    # 8. GRPO placements across sites
+    from experiments.report_rl import write_rl_section
+
+    write_rl_section(w, 8)
 
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "emulate", "measured")
