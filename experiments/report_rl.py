@@ -82,6 +82,14 @@ def write_rl_section(w, number: int) -> None:
              f"(steady-state step {fmt_time(asy.step_time_s)})", c, r)
     w.p("Assumptions (colocated case):")
     w.bullets(base["colocated"].assumptions)
+    from simulator.rl_published import predictions
+
+    w.table("rl_published", ["published GRPO run", "published step (s)", "predicted step (s)", "error"],
+            [(name, pub, pred, (pred - pub) / pub) for name, pub, pred in predictions()],
+            caption="NeMo RL v0.5's H100 table beside simulate-rl with its default constants (nothing fitted); "
+                    "sources and assumptions in simulator/rl_published.py. The model is optimistic: it does "
+                    "not model activation recomputation, refit/offload between phases or small log-prob batches.",
+            fmt={"published step (s)": ".1f", "predicted step (s)": ".1f", "error": "+.1%"})
 
 
 def _crossing(rows) -> str:

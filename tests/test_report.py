@@ -107,3 +107,6 @@ def test_section_8_sets_the_placements_side_by_side_from_simulate_rl(report):
     for name, spec in CASES.items():
         r = simulate_rl(_topology(100, 1000), WORKLOAD, _place(spec), STRATEGY)
         assert float(rows[name]["step (s)"]) == pytest.approx(r.step_time_s, rel=1e-9)
+    with open(os.path.join(report, "rl_published.csv"), newline="") as fh:
+        published = list(csv.DictReader(fh))
+    assert len(published) >= 2 and all(float(r["published step (s)"]) > 0 for r in published)
