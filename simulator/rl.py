@@ -446,6 +446,13 @@ class RLResult:
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
+    def row(self) -> dict:
+        """One flat row (a sweep's CSV columns)."""
+        return {"step_time_s": self.step_time_s, **{f"{p}_s": t for p, t in self.phases_s.items()},
+                "decode_tail_s": self.detail_s["decode_tail_s"], "sync_s": self.detail_s["sync_s"],
+                "tokens_per_s": self.tokens_per_s, "staleness_steps": self.staleness_steps,
+                "wan_bytes": self.bytes_by_tier.get("wan", 0.0), "placement_desc": self.placement}
+
     def timeline(self) -> dict:
         """Spans (row, phase, step, start_s, end_s) of the simulated steps, for a Gantt chart:
         rows are the generator and trainer groups."""

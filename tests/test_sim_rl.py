@@ -215,3 +215,10 @@ def test_bad_rl_workloads_name_the_field(change, field, tmp_path, capsys):
     rc = main(["simulate-rl", "--topology", "nemotron-2dc", "--workload", str(path)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and field in err and "\n" not in err, err
+
+
+def test_a_row_holds_every_phase_flat():
+    r = simulate_rl(two_sites(), workload(), placement(kind="split", generator_sites=["b"]))
+    row = r.row()
+    assert row["step_time_s"] == r.step_time_s and row["push_s"] == r.phases_s["push"]
+    assert all(isinstance(v, (int, float, str)) for v in row.values())
