@@ -28,7 +28,8 @@ def write_sections(w, cfg, eff, rows, runs, measured, constants) -> None:
     w.parts.append('<p class="small">Sections: <a href="#repro">1 Nemotron-4 340B on two sites</a> · '
                    '<a href="#distance">2 distance</a> · <a href="#whatif">3 what-ifs</a> · <a href="#gantt">4 one step</a>'
                    ' · <a href="#tiers">5 link tiers</a> · <a href="#measured">6 predicted vs measured</a> · '
-                   '<a href="#runs">7 GRPO runs</a> · <a href="#published">8 published runs</a></p>')
+                   '<a href="#runs">7 GRPO runs</a> · <a href="#published">8 published runs</a> · '
+                   '<a href="#rl">9 GRPO across sites</a></p>')
 
     # 1. reproduction
     w.h2("1. Nemotron-4 340B across two datacenters: published vs predicted", "repro")
@@ -134,6 +135,11 @@ def write_sections(w, cfg, eff, rows, runs, measured, constants) -> None:
     # 8. published runs
     w.h2("8. Published training runs: predicted vs published", "published")
     _published(w, cfg.published)
+
+    # 9. GRPO placements across sites
+    from experiments.report_rl import write_rl_section
+
+    write_rl_section(w, 9)
 
 
 def _published(w, include: bool) -> None:

@@ -226,6 +226,11 @@ MODELS: dict[str, dict] = {
                        vocab=128256, seq_len=8192, gated_mlp=True, tied_embeddings=False),
     "llama-3-70b": dict(name="llama-3-70b", layers=80, hidden=8192, heads=64, kv_heads=8, ffn=28672,
                         vocab=128256, seq_len=8192, gated_mlp=True, tied_embeddings=False),
+    # DeepSeek-R1-Distill-Qwen-1.5B (the DeepScaleR policy): Qwen2.5-Math-1.5B's shape, from its
+    # config.json (28 layers, hidden 1536, 12 heads, 2 KV heads, ffn 8960, vocab 151936, untied)
+    "deepseek-r1-distill-qwen-1.5b": dict(name="deepseek-r1-distill-qwen-1.5b", layers=28, hidden=1536, heads=12,
+                                          kv_heads=2, ffn=8960, vocab=151936, seq_len=8192, gated_mlp=True,
+                                          tied_embeddings=False),
     "tiny-qwen2": dict(name="tiny-qwen2", layers=4, hidden=256, heads=4, kv_heads=2, ffn=688,
                        vocab=512, seq_len=128, gated_mlp=True, tied_embeddings=True),
 }

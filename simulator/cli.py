@@ -38,6 +38,66 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write per-rank spans (kind, start_s, end_s) for a Gantt chart")
     p.set_defaults(handler=_simulate)
 
+    r = sub.add_parser("simulate-rl", help="predict a GRPO step across sites (generation, training, weight push)",
+                       description="Simulate one GRPO step: where rollouts are generated, where the policy "
+                                   "trains and how new weights reach the generators (colocated, split, or "
+                                   "async K steps ahead); prints the phases, GPU-busy fractions per site, "
+                                   "tokens/s and bytes per link tier.")
+    r.add_argument("--topology", required=True, metavar="PATH|PRESET", help="topology file or preset")
+    r.add_argument("--workload", required=True, metavar="PATH|PRESET",
+                   help="RL workload file or preset (workloads/rl/: " + ", ".join(_rl_names()) + ")")
+    add_strategy_args(r, required=False)
+    r.add_argument("--placement", choices=("colocated", "split", "async"), default="colocated",
+                   help="colocated: every GPU generates then trains; split: --generators generate, the rest "
+                        "train; async: split with generation --async-steps ahead")
+    r.add_argument("--generators", metavar="SITE[,SITE]|FRACTION", default=None,
+                   help="split/async: the sites that generate, or the fraction of every site's nodes")
+    r.add_argument("--async-steps", type=_positive, default=1, metavar="K",
+                   help="async: generation runs K steps ahead of training (default 1)")
+    r.add_argument("--push-wire", choices=("bf16", "int8"), default="bf16",
+                   help="weight push format: bf16 weights or int8 deltas (default bf16)")
+    r.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    r.add_argument("--timeline", metavar="OUT.json", default=None,
+                   help="write the simulated steps' spans (group, phase, step, start_s, end_s)")
+    r.set_defaults(handler=_simulate_rl)
+
+
+def _rl_names() -> list[str]:
+    from simulator.rl import rl_workload_names
+
+    return rl_workload_names()
+
+
+def _positive(text: str) -> int:
+    from hdc.commands import positive_int
+
+    return positive_int("--async-steps")(text)
+
+
+def _simulate_rl(args: argparse.Namespace) -> int:
+    from hdc.commands import strategy_from_args
+    from simulator.rl import placement_from_args, simulate_rl
+
+    if args.strategy is None:
+        args.strategy = "hierarchical"
+    result = simulate_rl(args.topology, args.workload,
+                         placement_from_args(args.placement, args.generators, args.async_steps, args.push_wire),
+                         strategy_from_args(args))
+    if args.timeline:
+        _write_json(args.timeline, result.timeline())
+    print(result.to_json() if args.json else result.format())
+    return 0
+
+
+def _write_json(path: str, data) -> None:
+    from hdc.errors import UserError
+
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+    except OSError as e:
+        raise UserError(f"--timeline: cannot write {path}: {e.strerror}") from None
+
 
 def _simulate(args: argparse.Namespace) -> int:
     from hdc.commands import strategy_from_args
@@ -70,11 +130,7 @@ def _simulate(args: argparse.Namespace) -> int:
         result.assumptions.insert(0, f"compute efficiency calibrated so the same GPUs in one site reach "
                                      f"MFU {args.calibrate_mfu:.1%}")
     if args.timeline:
-        try:
-            with open(args.timeline, "w", encoding="utf-8") as fh:
-                json.dump(result.timeline(), fh)
-        except OSError as e:
-            raise UserError(f"--timeline: cannot write {args.timeline}: {e.strerror}") from None
+        _write_json(args.timeline, result.timeline())
     print(result.to_json() if args.json else result.format())
     return 0
 

@@ -94,3 +94,20 @@ def test_section_6_sets_the_shipped_measurements_beside_todays_model(report):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 138  # 126 of flat ring / hierarchical / chunked, 12 of the compressed validation
     assert sum(r["strategy"] == "compressed" for r in rows) == 6
+
+
+def test_section_8_sets_the_placements_side_by_side_from_simulate_rl(report):
+    from experiments.report_rl import CASES, _place, _topology, STRATEGY, WORKLOAD
+    from simulator.rl import simulate_rl
+
+    page = open(os.path.join(report, "index.html"), encoding="utf-8").read()
+    assert 'id="rl"' in page and "rl_bandwidth.png" in page and "rl_gantt.png" in page
+    with open(os.path.join(report, "rl_placements.csv"), newline="") as fh:
+        rows = {r["placement"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == set(CASES)
+    for name, spec in CASES.items():
+        r = simulate_rl(_topology(100, 1000), WORKLOAD, _place(spec), STRATEGY)
+        assert float(rows[name]["step (s)"]) == pytest.approx(r.step_time_s, rel=1e-9)
+    with open(os.path.join(report, "rl_published.csv"), newline="") as fh:
+        published = list(csv.DictReader(fh))
+    assert len(published) >= 2 and all(float(r["published step (s)"]) > 0 for r in published)
