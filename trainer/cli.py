@@ -75,7 +75,11 @@ def cmd_recipe_validate(args) -> int:
     from trainer.config import load_recipe
     from trainer.device import check_recipe_placement
 
-    check_recipe_placement(load_recipe(args.recipe, args.overrides))
+    from trainer.code_reward import check_code_sandbox
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    check_recipe_placement(recipe)
+    check_code_sandbox(recipe)
     print(f"{args.recipe}: ok")
     return 0
 
@@ -103,6 +107,9 @@ def cmd_train(args) -> int:
     from trainer.device import check_recipe_placement
 
     check_recipe_placement(recipe)  # before anything is written
+    from trainer.code_reward import check_code_sandbox
+
+    check_code_sandbox(recipe)
     out = args.out or recipe.grpo.output_dir
     if "WORLD_SIZE" not in os.environ and (args.nproc or recipe.distributed.topology):
         return _launch_local_training(args, recipe, overrides, out)

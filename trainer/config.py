@@ -395,6 +395,10 @@ class Recipe:
     vllm: VLLMConfig = meta("vLLM settings (used when generation.backend is vllm).", default_factory=VLLMConfig)
     distributed: DistributedConfig = meta("Data-parallel layout and gradient sync (used with several processes).",
                                           default_factory=DistributedConfig)
+    code_sandbox: str = meta("Isolation of the code reward's sandbox: strong (namespaces, a cgroup for memory and "
+                             "processes, a disk quota, other uids; refuses to run where root or cgroups are missing) "
+                             "or weak (strong where available, else per-process limits only, with a warning every "
+                             "run).", default="strong", choices=("strong", "weak"))
 
     def validate(self, path: str = "") -> None:
         if not self.rewards:

@@ -34,7 +34,8 @@ def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, ge
     from trainer.grpo import GRPOTrainer
     from trainer.rewards import bind_params, resolve_reward
 
-    funcs = [bind_params(resolve_reward(s.func, f"rewards[{i}].func"), s.params) for i, s in enumerate(recipe.rewards)]
+    funcs = [bind_params(resolve_reward(s.func, f"rewards[{i}].func"), reward_params(recipe, s))
+             for i, s in enumerate(recipe.rewards)]
     args = dataclasses.replace(recipe.grpo, reward_weights=[s.weight for s in recipe.rewards],
                                output_dir=str(out_dir) if out_dir is not None else recipe.grpo.output_dir)
     train = load_jsonl(recipe.data.train_file, "data.train_file")
@@ -51,6 +52,11 @@ def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, ge
         trainer.backend = make_generation_backend(recipe.vllm, recipe.model.name_or_path, trainer.tokenizer,
                                                   args.max_prompt_length, seed=args.seed, model=trainer.model)
     return trainer
+
+
+def reward_params(recipe: Recipe, spec) -> dict:
+    """rewards[i].params, and for the code reward the recipe's code_sandbox."""
+    return {"sandbox": recipe.code_sandbox, **spec.params} if spec.func == "code" else spec.params
 
 
 def write_resolved(recipe: Recipe, out_dir: str | Path) -> None:
