@@ -80,6 +80,9 @@ def cmd_recipe_validate(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     check_recipe_placement(recipe)
     check_code_sandbox(recipe)
+    from trainer.run import check_recipe_inputs
+
+    check_recipe_inputs(recipe)
     print(f"{args.recipe}: ok")
     return 0
 
