@@ -20,6 +20,7 @@ from trainer.checkpoint import latest_checkpoint, list_checkpoints, save_checkpo
 from trainer.guards import NonFiniteError
 from trainer.logs import read_metrics
 from trainer.rewards import resolve_reward, score
+from trainer.selfcheck.poison import nonfinite_checkpoints, poison_recipe
 from trainer.selfcheck.runs import ROOT, tiny_run_assets, write_recipe
 
 P, C = ["p1", "p2"], ["c1", "c2"]
@@ -95,6 +96,8 @@ MODULES = {
     "no_kwargs": ("def f(prompts, completions):\n    return [0.0] * len(completions)\n",
                   r"'no_kwargs:f' is not a reward function \(it takes no \*\*kwargs"),
     "a_class": ("class f:\n    pass\n", r"'a_class:f' is not a reward function \(a type, not a function\)"),
+    "positional_only": ("def f(prompts, completions, /, **kwargs):\n    return [0.0] * len(completions)\n",
+                        r"'positional_only:f' is not a reward function \(its argument 'prompts' is positional-only"),
 }
 
 
@@ -115,6 +118,19 @@ def test_a_reward_module_that_cannot_be_used_is_one_line(name, tmp_path, monkeyp
 def test_a_library_function_is_not_a_reward_function(name, why):
     with pytest.raises(UserError, match=f"{name!r} is not a reward function \\({why}\\)"):
         resolve_reward(name, "rewards[0].func")
+
+
+def test_trl_style_signatures_are_accepted(tmp_path, monkeypatch):
+    (tmp_path / "trl_style.py").write_text(
+        "def only_completions(completions, **kwargs):\n    return [1.0] * len(completions)\n"
+        "def with_columns(prompts, completions, answer, **kwargs):\n    return [1.0] * len(completions)\n"
+        "class Scorer:\n    def __call__(self, prompts, completions, **kwargs):\n        return [1.0] * len(completions)\n"
+        "scorer = Scorer()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("only_completions", "with_columns", "scorer"):
+        func = resolve_reward(f"trl_style:{name}", "rewards[0].func")
+        assert score([func], [1.0], P, C, {"answer": ["1", "2"]})[1] == [1.0, 1.0]
 
 
 def test_a_missing_module_says_to_set_pythonpath():
@@ -257,11 +273,7 @@ def test_a_checkpoint_of_non_finite_weights_is_never_sealed(tmp_path):
 
 
 def _poisoned(recipe: Path, policy: str, steps=(2,), rank=None, value="nan", **grpo) -> Path:
-    params = {"poison_steps": list(steps), "value": value, "target_length": 24}
-    if rank is not None:
-        params["poison_rank"] = rank
-    return _edit(recipe, rewards=[{"func": "trainer.selfcheck.poison:poisoned_length", "params": params}],
-                 grpo={"on_nonfinite": policy, **grpo})
+    return poison_recipe(recipe, policy, steps, value, rank, **grpo)
 
 
 def _train(recipe: Path, out: Path, *extra: str, timeout_s: float = 300):
@@ -272,10 +284,7 @@ def _train(recipe: Path, out: Path, *extra: str, timeout_s: float = 300):
 
 
 def _all_finite(out: Path) -> bool:
-    from safetensors.torch import load_file
-
-    return all(bool(torch.isfinite(t).all()) for ckpt in list_checkpoints(out)
-               for t in load_file(str(ckpt / "model.safetensors")).values())
+    return nonfinite_checkpoints(out) == 0
 
 
 def _lines(done) -> list[str]:

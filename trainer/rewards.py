@@ -172,11 +172,11 @@ def _not_a_reward_function(func: Any) -> str | None:
         params = inspect.signature(func).parameters.values()
     except (TypeError, ValueError):
         return "its signature cannot be read"
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     if not any(p.kind is p.VAR_KEYWORD for p in params):
         return "it takes no **kwargs, so the dataset columns cannot reach it"
-    if not {"prompts", "completions"} <= names:
-        return "it takes no prompts and completions arguments"
+    positional = [p.name for p in params if p.kind is p.POSITIONAL_ONLY and p.default is p.empty]
+    if positional:  # everything is passed by keyword (prompts=..., completions=..., columns)
+        return f"its argument {positional[0]!r} is positional-only"
     return None
 
 

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hdc.errors import UserError
+from trainer.cgroup import Cgroup
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
@@ -53,7 +54,6 @@ SANDBOX_UID_BASE = 61000  # slot i runs its program as uid BASE + 2i and its jud
 SLOTS = 64
 WEAK_MAX_PROCESSES = 8  # weak mode: processes per sandbox, each with memory_bytes / 8 of address space
 HARNESS = Path(__file__).with_name("sandbox_harness")
-CGROUP_NAME = "hdc-sandbox"
 ISOLATIONS = ("strong", "weak")
 log = logging.getLogger("hdc.sandbox")
 
@@ -108,7 +108,7 @@ def strong_isolation_problem() -> str | None:
     if sys.platform != "linux" or os.geteuid() != 0:
         return "needs root on Linux (namespaces, cgroups, other uids)"
     try:
-        _Cgroup.create("probe", 64 * 2**20, 4).remove()
+        Cgroup.create("probe", 64 * 2**20, 4).remove()
     except OSError as e:
         return f"no writable cgroup with memory and pids controllers ({e})"
     r = _run_in_slot(SandboxLimits(), True, 0, lambda rundir, uids, strong: _write_program(rundir, "pass", uids, strong),
@@ -175,7 +175,7 @@ def _run_in_slot(limits: SandboxLimits, strong: bool, slot: int, write, mode: st
             shutil.copy(HARNESS / name, os.path.join(rundir, name))
             os.chmod(os.path.join(rundir, name), 0o444)
         if strong:
-            cgroup = _Cgroup.create(f"{os.getpid()}-{slot}", limits.memory_bytes, limits.max_processes)
+            cgroup = Cgroup.create(f"{os.getpid()}-{slot}", limits.memory_bytes, limits.max_processes)
         python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         cfg = {"mode": mode, "strong": strong, "status_fd": status_w, "rundir": rundir, "workdir": workdir,
                "uid_program": uids[0], "uid_judge": uids[1],
@@ -281,7 +281,7 @@ def _read_status(fd: int) -> dict:
 
 
 # ---------------------------------------------------------------------- in the child, before exec
-def _enter_sandbox(cgroup: "_Cgroup | None", strong: bool, rundir: str, workdir: str, limits: SandboxLimits) -> None:
+def _enter_sandbox(cgroup: "Cgroup | None", strong: bool, rundir: str, workdir: str, limits: SandboxLimits) -> None:
     """Runs in the forked child before it execs init.py: cgroup, namespaces, mounts (strong only)."""
     if not strong:
         return
@@ -328,113 +328,7 @@ def _own_tasks() -> int:
     return n
 
 
-# ---------------------------------------------------------------------- cgroups
-class _Cgroup:
-    """One run's cgroup: v2 (unified /sys/fs/cgroup with memory and pids) or v1 (memory and pids
-    hierarchies): memory limit, no swap, process limit; join, kill all, remove."""
-
-    ROOT = Path("/sys/fs/cgroup")
-
-    def __init__(self, dirs: list[Path], v2: bool):
-        self.dirs, self.v2 = dirs, v2
-
-    @classmethod
-    def create(cls, name: str, memory_bytes: int, max_pids: int) -> "_Cgroup":
-        controllers = cls.ROOT / "cgroup.controllers"
-        if controllers.is_file() and {"memory", "pids"} <= set(controllers.read_text().split()):
-            parent = cls.ROOT / CGROUP_NAME
-            parent.mkdir(exist_ok=True)
-            for d in (cls.ROOT, parent):  # enable the controllers for the children
-                (d / "cgroup.subtree_control").write_text("+memory +pids")
-            group = cls([parent / name], v2=True)
-            group._make()
-            group._write("memory.max", memory_bytes)
-            group._write("memory.swap.max", 0, optional=True)
-            group._write("pids.max", max_pids)
-            return group
-        mem, pids = cls.ROOT / "memory", cls.ROOT / "pids"
-        if not ((mem / "cgroup.procs").is_file() and (pids / "cgroup.procs").is_file()):
-            raise OSError(f"{cls.ROOT} has neither cgroup v2 with memory+pids nor v1 memory and pids hierarchies")
-        group = cls([mem / CGROUP_NAME / name, pids / CGROUP_NAME / name], v2=False)
-        group._make()
-        group._write("memory.limit_in_bytes", memory_bytes)
-        group._write("memory.memsw.limit_in_bytes", memory_bytes, optional=True)  # no swap beyond the limit
-        group._write("pids.max", max_pids)
-        return group
-
-    def _make(self) -> None:
-        for d in self.dirs:
-            if d.exists():  # a leftover of a killed trainer with this pid and slot
-                self._kill_in(d)
-                d.rmdir()
-            d.mkdir(parents=True)
-
-    def _write(self, name: str, value: int, optional: bool = False) -> None:
-        for d in self.dirs:
-            if (d / name).exists():
-                (d / name).write_text(str(value))
-                return
-        if not optional:
-            raise OSError(f"no {name} in {', '.join(map(str, self.dirs))}")
-
-    def join(self) -> None:
-        """The calling process (and so everything it starts) enters the cgroup: before exec, in the child."""
-        for d in self.dirs:
-            fd = os.open(d / "cgroup.procs", os.O_WRONLY)
-            try:
-                os.write(fd, str(os.getpid()).encode())
-            finally:
-                os.close(fd)
-
-    def oom_kills(self) -> int:
-        for d in self.dirs:
-            for name in ("memory.events", "memory.oom_control"):
-                try:
-                    for line in (d / name).read_text().splitlines():
-                        key, _, value = line.partition(" ")
-                        if key == "oom_kill":
-                            return int(value)
-                except OSError:
-                    continue
-        return 0
-
-    @staticmethod
-    def _kill_in(d: Path) -> None:
-        kill = d / "cgroup.kill"
-        if kill.exists():
-            kill.write_text("1")
-        for _ in range(200):  # a fork bomb may still be spawning: sweep until none is left
-            try:
-                pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
-            except OSError:
-                return
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.005)
-
-    def kill_all(self) -> None:
-        for d in self.dirs:
-            self._kill_in(d)
-
-    def remove(self) -> None:
-        self.kill_all()
-        for d in self.dirs:
-            for _ in range(200):  # rmdir fails while the last killed processes are being reaped
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.005)
-
-
-def _kill(proc: subprocess.Popen, cgroup: _Cgroup | None) -> None:
+def _kill(proc: subprocess.Popen, cgroup: Cgroup | None) -> None:
     """Kill the sandbox: its process group, and (strong) everything in its cgroup."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
