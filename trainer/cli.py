@@ -72,17 +72,15 @@ def _config(cls, overrides: list[str]):
 
 
 def cmd_recipe_validate(args) -> int:
+    from trainer.code_reward import check_code_sandbox
     from trainer.config import load_recipe
     from trainer.device import check_recipe_placement
-
-    from trainer.code_reward import check_code_sandbox
+    from trainer.run import check_recipe_inputs
 
     recipe = load_recipe(args.recipe, args.overrides)
     check_recipe_placement(recipe)
     check_code_sandbox(recipe)
-    from trainer.run import check_recipe_inputs
-
-    check_recipe_inputs(recipe)
+    check_recipe_inputs(recipe)  # the model folder, data files, columns and topology exist
     print(f"{args.recipe}: ok")
     return 0
 
@@ -107,11 +105,10 @@ def cmd_train(args) -> int:
         overrides.append(f"distributed.strategy={args.strategy}")
     overrides += [f"distributed.{k}={json.dumps(v)}" for k, v in strategy_knobs(args).items()]
     recipe = load_recipe(args.recipe, overrides)
+    from trainer.code_reward import check_code_sandbox
     from trainer.device import check_recipe_placement
 
     check_recipe_placement(recipe)  # before anything is written
-    from trainer.code_reward import check_code_sandbox
-
     check_code_sandbox(recipe)
     out = args.out or recipe.grpo.output_dir
     if "WORLD_SIZE" not in os.environ and (args.nproc or recipe.distributed.topology):

@@ -88,7 +88,8 @@ class StepGuard:
         n = len(self.reward_names)
         for i, c in enumerate(counts[:n]):
             if c:
-                return f"step {step}: reward function {self.reward_names[i]!r} returned NaN/inf for {int(c)} completion(s)"
+                return (f"step {step}: reward function {self.reward_names[i]!r} returned NaN/inf for {int(c)} "
+                        f"completion(s)")
         if counts[n]:
             return f"step {step}: the weighted sum of rewards overflowed to inf for {int(counts[n])} completion(s)"
         if counts[n + 1]:

@@ -253,7 +253,8 @@ def score(reward_funcs: list[RewardFunc], weights: list[float], prompts: list, c
 
     if nonfinite is None:
         def nonfinite(index: int, count: int) -> None:
-            what = "the weighted sum of rewards" if index == TOTAL else f"reward function {reward_name(reward_funcs[index])!r}"
+            what = ("the weighted sum of rewards" if index == TOTAL
+                    else f"reward function {reward_name(reward_funcs[index])!r}")
             raise NonFiniteError(f"{what} gave NaN/inf for {count} of {len(completions)} completions")
     kwargs = {**columns, **extra}
     outputs: list[Any] = [None] * len(reward_funcs)

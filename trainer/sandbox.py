@@ -28,6 +28,7 @@ applies to the whole run.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -111,8 +112,9 @@ def strong_isolation_problem() -> str | None:
         Cgroup.create("probe", 64 * 2**20, 4).remove()
     except OSError as e:
         return f"no writable cgroup with memory and pids controllers ({e})"
-    r = _run_in_slot(SandboxLimits(), True, 0, lambda rundir, uids, strong: _write_program(rundir, "pass", uids, strong),
-                     "program")
+    with _slot() as slot:
+        r = _run_in_slot(SandboxLimits(), True, slot,
+                         lambda rundir, uids, strong: _write_program(rundir, "pass", uids, strong), "program")
     return None if r.ok else f"a sandboxed test run failed ({r.reason}: {r.stderr.strip()[-200:]})"
 
 
@@ -143,17 +145,24 @@ _free_slots = list(range(SLOTS))
 _slots = threading.Semaphore(SLOTS)
 
 
-def _with_slot(limits, isolation, write, mode) -> SandboxResult:
-    limits = limits or SandboxLimits()
-    strong = resolve_isolation(isolation)
+@contextlib.contextmanager
+def _slot():
+    """A free slot number (its uids are used by no other run at the same time)."""
     with _slots:
         with _slot_lock:
             slot = _free_slots.pop()
         try:
-            return _run_in_slot(limits, strong, slot, write, mode)
+            yield slot
         finally:
             with _slot_lock:
                 _free_slots.append(slot)
+
+
+def _with_slot(limits, isolation, write, mode) -> SandboxResult:
+    limits = limits or SandboxLimits()
+    strong = resolve_isolation(isolation)
+    with _slot() as slot:
+        return _run_in_slot(limits, strong, slot, write, mode)
 
 
 def _run_in_slot(limits: SandboxLimits, strong: bool, slot: int, write, mode: str) -> SandboxResult:
