@@ -203,3 +203,42 @@ def test_a_recipe_asks_for_code_sandbox_weak_by_name():
     assert from_dict(Recipe, {**fields, "code_sandbox": "weak"}).code_sandbox == "weak"
     with pytest.raises(UserError, match=re.escape("code_sandbox")):
         from_dict(Recipe, {**fields, "code_sandbox": "none"})
+
+
+def test_the_recipes_code_sandbox_reaches_the_code_reward():
+    from hdc.config import from_dict
+    from trainer.config import Recipe
+    from trainer.run import reward_params
+
+    recipe = from_dict(Recipe, {"model": {"name_or_path": "m"}, "data": {"train_file": "t.jsonl"}, "code_sandbox": "weak",
+                                "rewards": [{"func": "code", "params": {"memory_mb": 256}}, {"func": "format"}]})
+    assert reward_params(recipe, recipe.rewards[0]) == {"sandbox": "weak", "memory_mb": 256}
+    assert reward_params(recipe, recipe.rewards[1]) == {}
+
+
+def _sandbox_processes() -> int:
+    """Processes running as one of the sandbox's uids."""
+    first, last = sandbox.SANDBOX_UID_BASE, sandbox.SANDBOX_UID_BASE + 2 * sandbox.SLOTS
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            n += first <= os.stat(f"/proc/{pid}").st_uid < last
+        except OSError:
+            pass
+    return n
+
+
+@needs_strong
+def test_a_sandbox_whose_trainer_was_killed_ends_by_itself():
+    job = ("from trainer.sandbox import SandboxLimits, run_judged\n"
+           "run_judged('import time\\ntime.sleep(60)', 'assert True', SandboxLimits(wall_time_s=2))\n")
+    trainer = subprocess.Popen([sys.executable, "-c", job])
+    deadline = time.monotonic() + 30
+    while _sandbox_processes() < 2 and time.monotonic() < deadline:  # the program and its judge (not the probe)
+        time.sleep(0.05)
+    trainer.kill()  # nothing left to kill the sandbox at its wall-clock limit
+    trainer.wait()
+    assert _sandbox_processes() > 0
+    while _sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _sandbox_processes() == 0, "the sandbox's own deadline (wall_time_s + 2 s) ended it"

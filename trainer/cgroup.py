@@ -50,10 +50,25 @@ class Cgroup:
 
     def _make(self) -> None:
         for d in self.dirs:
+            self._sweep(d.parent)
             if d.exists():  # a leftover of a killed trainer with this pid and slot
                 self._kill_in(d)
                 d.rmdir()
             d.mkdir(parents=True)
+
+    @classmethod
+    def _sweep(cls, parent: Path) -> None:
+        """Remove the groups of trainers that died without removing theirs (named PID-SLOT)."""
+        if not parent.is_dir():
+            return
+        for d in parent.iterdir():
+            pid = d.name.split("-")[0]
+            if d.is_dir() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                cls._kill_in(d)
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
 
     def _write(self, name: str, value: int, optional: bool = False) -> None:
         for d in self.dirs:

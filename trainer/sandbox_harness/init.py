@@ -70,7 +70,15 @@ def report(obj):
     os.write(STATUS, (json.dumps(obj) + "\n").encode())
 
 
+def deadline():
+    """End this process (and with PID 1, the namespace) after the run's wall-clock limit, even if the
+    trainer that would have killed the sandbox was itself killed."""
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(124))
+    signal.alarm(int(cfg["limits"]["wall_time_s"]) + 2)
+
+
 def main():
+    deadline()  # alarms are not inherited across fork: PID 1 sets its own
     if cfg["strong"]:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
@@ -97,6 +105,7 @@ def main():
 
 
 if cfg["strong"]:  # the unsharing process stays outside the new PID namespace: its first child is PID 1
+    deadline()
     child = os.fork()
     if child == 0:
         main()
