@@ -13,7 +13,10 @@ the cgroup is emptied and removed after every run. **weak** (no root, or no cgro
 per-process limits — `max_processes` counted on the trainer's own uid, address space
 `memory_bytes / WEAK_MAX_PROCESSES` per process with at most WEAK_MAX_PROCESSES processes
 (so the total stays bounded by `memory_bytes`), file size — and a prelude that disables
-socket creation; the working folder has no quota and /proc shows the host's processes.
+socket creation; the working folder has no quota and /proc shows the host's processes. The
+judge and init are not dumpable, but the program runs as the trainer's user, so a program that
+goes after the trainer's own /proc entries could still forge a verdict: weak is for trusted
+code and for machines without root, not for adversarial policies.
 `run_judged(..., isolation="strong")` refuses (UserError) where strong isolation is missing;
 "weak" uses it where it exists and otherwise warns once per process.
 
