@@ -246,6 +246,14 @@ def test_recipe_validate_refuses_with_one_line(case, starts, recipe, tmp_path, a
     assert sorted(p.name for p in tmp_path.iterdir()) == before, "nothing written"
 
 
+def test_train_refuses_a_missing_column_before_writing_anything(recipe, tmp_path):
+    _edit(recipe, data={"train_file": _write_jsonl(tmp_path / "t.jsonl", [{"prompt": "1+1"}])},
+          rewards=[{"func": "accuracy"}])
+    done, _ = _train(recipe, tmp_path / "run")
+    _one_line_exit_2(done, "data.train_file: the accuracy reward (rewards[0]) needs a column 'answer' or 'solution'")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_reward_module_in_the_current_folder_is_found(recipe, tmp_path):  # a real `hdc` start: sys.path as it has it
     (tmp_path / "my_rewards.py").write_text("def short(prompts, completions, **kw):\n"
                                             "    return [-len(c) / 100 for c in completions]\n")
