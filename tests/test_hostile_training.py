@@ -262,6 +262,41 @@ def test_a_reward_module_in_the_current_folder_is_found(recipe, tmp_path):  # a 
 
 
 # ---------------------------------------------------------------------- NaN/inf in the middle of a run
+def _guard(policy="error"):
+    from trainer.guards import StepGuard
+
+    return StepGuard(["accuracy", "format"], policy, all_reduce_sum=list)  # one process: the sum is the list
+
+
+def _model_with_grad(value: float) -> torch.nn.Module:
+    model = torch.nn.Linear(2, 1)
+    model(torch.ones(1, 2)).sum().backward()
+    model.weight.grad[0, 0] = value
+    return model
+
+
+@pytest.mark.parametrize("grad_norm", [None, math.inf])  # None: no clipping, the guard reads the gradients
+def test_the_guard_stops_non_finite_gradients_and_losses(grad_norm):
+    guard = _guard()
+    assert guard.allows_update(_model_with_grad(1.0), None, step=1)
+    with pytest.raises(NonFiniteError, match=r"^step 3: the gradients hold NaN/inf on 1 rank\(s\); stopped before"):
+        guard.allows_update(_model_with_grad(math.nan), grad_norm, step=3)
+    guard.loss(math.nan)
+    with pytest.raises(NonFiniteError, match=r"^step 4: the loss is NaN/inf in 1 micro-batch\(es\)"):
+        guard.allows_update(_model_with_grad(1.0), None, step=4)
+    assert guard.allows_update(_model_with_grad(1.0), None, step=5), "a loss counts for its own update only"
+
+
+def test_a_rounds_bad_rewards_stop_each_of_its_updates_and_skip_counts_them():
+    guard = _guard("skip")
+    guard.start_round()
+    guard.reward(1, 2)
+    assert not guard.allows_update(_model_with_grad(1.0), None, step=1)
+    assert not guard.allows_update(_model_with_grad(1.0), None, step=2), "the round's advantages are still bad"
+    guard.start_round()
+    assert guard.allows_update(_model_with_grad(1.0), None, step=3) and guard.skipped_steps == 2
+
+
 def test_a_checkpoint_of_non_finite_weights_is_never_sealed(tmp_path):
     from trainer.tiny import TinyModelConfig, make_tiny_model
     from transformers import AutoModelForCausalLM
