@@ -174,7 +174,8 @@ def _run_in_slot(limits: SandboxLimits, strong: bool, slot: int, write, mode: st
     if strong:
         os.makedirs(SANDBOX_BASE, mode=0o711, exist_ok=True)
         os.makedirs(PYTHON_MOUNT, mode=0o755, exist_ok=True)
-    rundir = tempfile.mkdtemp(prefix="run-", dir=SANDBOX_BASE if strong else None)
+        _sweep_run_dirs()
+    rundir = tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=SANDBOX_BASE if strong else None)
     os.chmod(rundir, 0o711)
     workdir = os.path.join(rundir, "work")
     os.mkdir(workdir, 0o1777)
@@ -228,6 +229,14 @@ def _run_in_slot(limits: SandboxLimits, strong: bool, slot: int, write, mode: st
         if cgroup is not None:
             cgroup.remove()
         _rmtree(rundir)
+
+
+def _sweep_run_dirs() -> None:
+    """Remove the run folders of trainers that were killed mid-run (run-PID-*, PID no longer alive)."""
+    for name in os.listdir(SANDBOX_BASE):
+        pid = name.split("-")[1] if name.startswith("run-") and name.count("-") >= 2 else ""
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            _rmtree(os.path.join(SANDBOX_BASE, name))
 
 
 def _write_program(rundir: str, source: str, uids: tuple[int, int], strong: bool) -> None:
