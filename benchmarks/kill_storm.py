@@ -1,6 +1,7 @@
 """Kill storm: SIGKILL `hdc train` at random moments (checkpoint writes included) and resume.
 
-    .venv/bin/python benchmarks/kill_storm.py --kills 20 --max-steps 60
+    .venv/bin/python benchmarks/kill_storm.py --kills 20 --max-steps 60 --nonfinite 6
+    .venv/bin/python benchmarks/kill_storm.py --kills 0 --max-steps 20 --nonfinite 6   # the non-finite storm alone
 
 Each round starts `python -m hdc.cli train ... [--resume]` on the tiny model with
 save_steps=1 and save_total_limit=2, waits until the run has written a checkpoint or logged
@@ -10,6 +11,12 @@ each step-* directory is validated (manifest, sizes, sha256); a directory that i
 step-* but does not validate is *corrupt* (must stay 0); hidden .tmp-/.trash- leftovers are
 *partial* (expected, skipped by resume with a warning). The last round runs to the end and
 its final weights are compared with an uninterrupted run's (torch.equal per tensor).
+
+Then a storm of non-finite rewards (`--nonfinite N`, 0 to skip it): N random steps get a NaN, inf
+or -inf reward (trainer/selfcheck/poison.py). With grpo.on_nonfinite: error, each run must end with
+the guard's one line naming the reward function and that step, and is resumed with that step's
+poison removed; with skip, one run must finish having skipped exactly those N steps. After every
+run every checkpoint's weights are checked: checkpoints with non-finite weights must stay 0.
 
 The helpers (start_train, kill_tree, wait_for, ...) live in trainer/selfcheck/runs.py, shared
 with tests/test_reliability_*.py.
@@ -25,11 +32,59 @@ from pathlib import Path
 from trainer.selfcheck.runs import (ROOT, audit, kill_tree, latest_pointer, redone_steps_agree, run_train,
                                     start_train, step_losses, wait_for, weights_equal, write_recipe)
 
+
+def nonfinite_storm(work: Path, assets, n: int, max_steps: int, rng: random.Random) -> tuple[list, bool]:
+    """(table rows, passed) of the non-finite reward storm, under both grpo.on_nonfinite policies."""
+    import yaml
+
+    from trainer.logs import read_metrics
+    from trainer.selfcheck.poison import nonfinite_checkpoints, poison_recipe
+
+    steps = sorted(rng.sample(range(2, max_steps + 1), n))
+    values = {s: rng.choice(["nan", "inf", "-inf"]) for s in steps}
+    bad_ckpts = corrupt = clear_errors = 0
+    t = time.perf_counter()
+    out, left = work / "nonfinite-error", list(steps)
+    while True:  # error: every run ends at the next poisoned step with the guard's line; resume without it
+        recipe = poison_recipe(write_recipe(work / "error.yaml", assets, max_steps), "error", left, "nan")
+        data = yaml.safe_load(recipe.read_text())  # one value per step: the reward gives values[step]
+        data["rewards"][0]["params"]["value"] = values[left[0]] if left else "nan"
+        recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+        done = run_train(recipe, out, resume=(out / "checkpoints").is_dir())
+        bad_ckpts += nonfinite_checkpoints(out)
+        corrupt += audit(out)[0]
+        if not left:
+            finished = done.returncode == 0 and (out / "final").is_dir()
+            break
+        expected = f"error: step {left[0]}: reward function 'poisoned_length' returned NaN/inf for 1 completion(s)"
+        clear_errors += done.returncode == 2 and any(line.startswith(expected) for line in done.stderr.splitlines())
+        left.pop(0)
+    t_error = time.perf_counter() - t
+    t = time.perf_counter()
+    skip_out = work / "nonfinite-skip"
+    recipe = poison_recipe(write_recipe(work / "skip.yaml", assets, max_steps), "skip", steps, "inf")
+    done = run_train(recipe, skip_out)
+    rows = read_metrics(skip_out / "metrics.jsonl") if (skip_out / "metrics.jsonl").exists() else []
+    skipped = int(rows[-1].get("nonfinite/skipped_steps", -1)) if rows else -1
+    bad_ckpts += nonfinite_checkpoints(skip_out)
+    corrupt += audit(skip_out)[0]
+    t_skip = time.perf_counter() - t
+    passed = (finished and clear_errors == n and skipped == n and done.returncode == 0 and bad_ckpts == 0
+              and corrupt == 0)
+    return [("non-finite rewards injected at steps", " ".join(f"{s}:{values[s]}" for s in steps)),
+            ("error: runs ended with the guard's one line", f"{clear_errors} of {n}"),
+            ("error: resumed run reached the end", finished),
+            ("skip: steps skipped (nonfinite/skipped_steps)", f"{skipped} of {n}"),
+            ("checkpoints with non-finite weights", bad_ckpts), ("corrupt checkpoints (non-finite storm)", corrupt),
+            ("non-finite storm wall time s (error, skip)", f"{t_error:.1f}, {t_skip:.1f}")], passed
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kills", type=int, default=20, help="SIGKILLs before the run may finish")
     ap.add_argument("--max-steps", type=int, default=60)
     ap.add_argument("--max-delay-s", type=float, default=1.0, help="random delay after a step/checkpoint appears")
+    ap.add_argument("--nonfinite", type=int, default=6, help="steps given a NaN/inf reward in the non-finite storm "
+                                                              "(0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="work directory (default: a fresh temporary one)")
     args = ap.parse_args(argv)
@@ -44,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     assets = tiny_assets(sft_steps=1, num_train=200)
     recipe = write_recipe(work / "recipe.yaml", assets, args.max_steps)
     t_assets = time.perf_counter() - t0
+
+    if args.kills == 0:  # only the non-finite storm
+        rows, passed = nonfinite_storm(work, assets, args.nonfinite, args.max_steps, rng)
+        _print(rows)
+        return 0 if passed else 1
 
     t = time.perf_counter()
     done = run_train(recipe, work / "straight", timeout_s=900)
@@ -91,10 +151,18 @@ def main(argv: list[str] | None = None) -> int:
             ("steps", args.max_steps), ("uninterrupted run wall time s", f"{t_straight:.1f}"),
             ("storm wall time s", f"{t_storm:.1f}"), ("storm / uninterrupted", f"{t_storm / t_straight:.2f}x"),
             ("tiny assets build s", f"{t_assets:.1f}"), ("total wall time s", f"{time.perf_counter() - t0:.1f}")]
+    passed = True
+    if args.nonfinite:
+        more, passed = nonfinite_storm(work, assets, args.nonfinite, args.max_steps, rng)
+        rows += more
+    _print(rows)
+    return 0 if (equal and losses_equal and corrupt_seen == 0 and passed) else 1
+
+
+def _print(rows: list) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
-    return 0 if (equal and losses_equal and corrupt_seen == 0) else 1
 
 
 if __name__ == "__main__":

@@ -441,3 +441,13 @@ def test_forwarder_capacity_from_the_delay_lines_cpu(tmp_path):
     topo = specmod.with_wan(load_topology("tiny-2site"), one_way_s=0.01, bandwidth_Bps=125e6)
     c = calibrate.Calibration(0.002, 1e-4, 6e8, 1.0, forwarder_Bps=3e8)
     assert calibrate.model_for(topo, c)[1].forwarder_Bps == 3e8
+
+
+def test_emulate_run_means_this_projects_python():
+    import sys
+
+    from experiments.emulate.cli import project_python
+
+    assert project_python(["python", "-m", "x"]) == [sys.executable, "-m", "x"]
+    assert project_python(["python3", "t.py"]) == [sys.executable, "t.py"]
+    assert project_python(["/usr/bin/python3", "t.py"]) == ["/usr/bin/python3", "t.py"]  # a path is the user's choice

@@ -99,8 +99,15 @@ def _hdc(*argv):
 
 
 def test_cli_recipe_validate_and_show():
-    ok = _hdc("recipe", "validate", "recipes/deepscaler.yaml")
+    from trainer.selfcheck.assets import tiny_assets
+
+    assets = tiny_assets()  # validate checks that the model folder and data files exist
+    ok = _hdc("recipe", "validate", "recipes/deepscaler.yaml", "--set", f"model.name_or_path={assets.sft_model}",
+              "--set", f"data.train_file={assets.data / 'train.jsonl'}", "--set", "data.eval_file=null")
     assert ok.returncode == 0, ok.stderr
+    absent = _hdc("recipe", "validate", "recipes/deepscaler.yaml")
+    assert absent.returncode == 2
+    assert absent.stderr.strip() == "error: model.name_or_path: no such directory 'models/DeepSeek-R1-Distill-Qwen-1.5B'"
     bad = _hdc("recipe", "validate", "recipes/tiny-arith.yaml", "--set", "grpo.epsilon=2")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: grpo.epsilon: must be a number > 0 and < 1, got 2.0"

@@ -57,11 +57,16 @@ def optimizer_shard_file(rank: int) -> str:
 # ---------------------------------------------------------------------- writing
 def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
                     data_state: dict, keep: int | None = None, *, rank: int = 0, world_size: int = 1,
-                    barrier: Optional[Callable[[], None]] = None, sharded_optimizer: bool = False) -> Path:
+                    barrier: Optional[Callable[[], None]] = None, sharded_optimizer: bool = False,
+                    any_rank: Optional[Callable[[bool], bool]] = None) -> Path:
     """Write checkpoint `step` atomically. Called on every rank (barrier = a collective that
     every rank reaches); each rank writes its RNG state (and its optimizer shard when
     `sharded_optimizer`), then rank 0 writes the rest, the manifest, renames and points
-    `latest` at it. Returns the final directory."""
+    `latest` at it. Returns the final directory.
+
+    Weights holding NaN/inf are never sealed: every rank checks its full weights and
+    `any_rank(flag)` (a collective, also the barrier before sealing) makes every rank raise
+    NonFiniteError alike; the unsealed temporary folder is removed."""
     final = checkpoint_dir(out_dir, step)
     tmp = final.parent / f".tmp-{final.name}"
     barrier = barrier or (lambda: None)
@@ -74,7 +79,16 @@ def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer, optimizer,
     if sharded_optimizer:  # ZeRO-1 or FSDP2: the optimizer's state (and master copy) of this rank's shard
         _save_torch({"state": optimizer.state_dict()}, tmp / optimizer_shard_file(rank))
     weights = full_state_dict(model)  # every rank takes part when the model is sharded (FSDP2)
-    barrier()  # every rank's files are on disk before rank 0 seals the checkpoint
+    bad = nonfinite_tensor(weights)
+    any_rank = any_rank or (lambda flag: (barrier(), flag)[1])
+    if any_rank(bad is not None):  # every rank's files are on disk before rank 0 seals the checkpoint
+        from trainer.guards import NonFiniteError
+
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        where = f"weight {bad!r}" if bad else "another rank's weights"
+        raise NonFiniteError(f"checkpoint of step {step}: {where} holds NaN/inf; not sealed (the newest sealed "
+                             f"checkpoint is still {latest_checkpoint_name(out_dir)})")
     if rank != 0:
         return final
     model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
@@ -101,6 +115,20 @@ def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer, optimizer,
         for old in list_checkpoints(out_dir)[:-keep]:
             _discard(old)
     return final
+
+
+def nonfinite_tensor(weights: dict) -> str | None:
+    """The name of the first floating-point tensor holding NaN/inf, or None."""
+    for name, t in weights.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def latest_checkpoint_name(out_dir: str | Path) -> str:
+    """What OUT/latest_checkpoint points at, or 'none'."""
+    path = Path(out_dir) / LATEST
+    return path.read_text().strip() if path.is_file() else "none"
 
 
 def full_state_dict(model) -> dict:

@@ -72,10 +72,15 @@ def _config(cls, overrides: list[str]):
 
 
 def cmd_recipe_validate(args) -> int:
+    from trainer.code_reward import check_code_sandbox
     from trainer.config import load_recipe
     from trainer.device import check_recipe_placement
+    from trainer.run import check_recipe_inputs
 
-    check_recipe_placement(load_recipe(args.recipe, args.overrides))
+    recipe = load_recipe(args.recipe, args.overrides)
+    check_recipe_placement(recipe)
+    check_code_sandbox(recipe)
+    check_recipe_inputs(recipe)  # the model folder, data files, columns and topology exist
     print(f"{args.recipe}: ok")
     return 0
 
@@ -100,13 +105,18 @@ def cmd_train(args) -> int:
         overrides.append(f"distributed.strategy={args.strategy}")
     overrides += [f"distributed.{k}={json.dumps(v)}" for k, v in strategy_knobs(args).items()]
     recipe = load_recipe(args.recipe, overrides)
+    from trainer.code_reward import check_code_sandbox
     from trainer.device import check_recipe_placement
 
     check_recipe_placement(recipe)  # before anything is written
+    check_code_sandbox(recipe)
     out = args.out or recipe.grpo.output_dir
     if "WORLD_SIZE" not in os.environ and (args.nproc or recipe.distributed.topology):
         return _launch_local_training(args, recipe, overrides, out)
-    from trainer.run import build_grad_sync, build_trainer, write_resolved
+    from trainer.run import build_grad_sync, build_trainer, check_recipe_inputs, write_resolved
+
+    if "WORLD_SIZE" not in os.environ:  # where the user started it (the ranks a launcher starts were checked)
+        check_recipe_inputs(recipe)  # the model folder, data, columns and topology, before anything is written
 
     sync = build_grad_sync(recipe)
     if sync.rank == 0:
@@ -138,6 +148,9 @@ def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
         raise UserError(f"--nproc: must be >= 1, got {args.nproc}")
     if recipe.distributed.shard_within_site:  # before anything is written
         check_shard_topology(load_topology(topo_arg) if topo_arg else topology_from_dict(local_topology(args.nproc)))
+    from trainer.run import check_recipe_inputs
+
+    check_recipe_inputs(recipe)
     if topo_arg is None:
         os.makedirs(out, exist_ok=True)
         topo_arg = os.path.join(out, "topology.yaml")

@@ -118,6 +118,10 @@ class GRPOConfig:
                                               "recipe, use rewards[i].weight instead.", default=None)
     mask_truncated_completions: bool = meta("Exclude completions that hit max_completion_length from the loss.",
                                             default=False)
+    on_nonfinite: str = meta("When a reward, the loss or a gradient is NaN/inf (checked on every rank before the "
+                             "optimizer steps): error ends the run naming the reward function or the step; skip drops "
+                             "that update (no optimizer step; it still counts towards max_steps) with a warning and "
+                             "the metric nonfinite/skipped_steps.", default="error", choices=("error", "skip"))
     # --- generation
     max_prompt_length: int | None = meta("Keep only the last this-many prompt tokens (None = no limit).",
                                          default=512, ge=1)
@@ -391,6 +395,10 @@ class Recipe:
     vllm: VLLMConfig = meta("vLLM settings (used when generation.backend is vllm).", default_factory=VLLMConfig)
     distributed: DistributedConfig = meta("Data-parallel layout and gradient sync (used with several processes).",
                                           default_factory=DistributedConfig)
+    code_sandbox: str = meta("Isolation of the code reward's sandbox: strong (namespaces, a cgroup for memory and "
+                             "processes, a disk quota, other uids; refuses to run where root or cgroups are missing) "
+                             "or weak (strong where available, else per-process limits only, with a warning every "
+                             "run).", default="strong", choices=("strong", "weak"))
 
     def validate(self, path: str = "") -> None:
         if not self.rewards:

@@ -18,6 +18,7 @@ def load_jsonl(path: str, field_path: str = "data.train_file"):
     import datasets
 
     datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()  # a malformed file is our one-line error below, not its log too
     try:
         return datasets.load_dataset("json", data_files=str(path), split="train")
     except Exception as e:  # a malformed file is the user's to fix

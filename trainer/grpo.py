@@ -30,8 +30,9 @@ from trainer.config import DataConfig, GRPOConfig
 from trainer.data import PromptSampler, evaluate_exact_match, format_prompt
 from trainer.device import autocast, check_bf16, check_precision, resolve_device, visiting
 from trainer.generation import GenerationBackend, HFGenerationBackend, SamplingParams, encode_prompts
+from trainer.guards import StepGuard
 from trainer.logs import MetricsLogger
-from trainer.rewards import resolve_reward, reward_name, score
+from trainer.rewards import check_reward_columns, resolve_reward, reward_name, score
 from trainer.sync import GradientSync, LocalSync
 
 
@@ -120,6 +121,8 @@ class GRPOTrainer:
         if self.data.prompt_column not in train_dataset.column_names:
             raise UserError(f"data.prompt_column: no column {self.data.prompt_column!r} in the training data "
                             f"(columns: {', '.join(train_dataset.column_names)})")
+        check_reward_columns(self.reward_funcs, train_dataset.column_names)
+        self.guard = StepGuard(self.reward_names, args.on_nonfinite, self.grad_sync.all_reduce_sum)
         world = self.grad_sync.world_size
         self.prompts_per_step = args.completions_per_step(world) // args.num_generations
         self.prompts_per_process = self.prompts_per_step // world
@@ -216,7 +219,9 @@ class GRPOTrainer:
         extra_columns: dict[str, list] = defaultdict(list)
         reward_metrics: dict[str, list[float]] = defaultdict(list)
         self.trainer_state.global_step = self.updates
+        self.guard.start_round()
         per_func, totals = score(self.reward_funcs, self.reward_weights, self._repeat(prompts), completions, columns,
+                                 nonfinite=self.guard.reward,
                                  completion_ids=gen.completion_ids, trainer_state=self.trainer_state,
                                  log_extra=lambda column, values: extra_columns[column].extend(values),
                                  log_metric=lambda name, value: reward_metrics[name].append(float(value)))
@@ -265,7 +270,9 @@ class GRPOTrainer:
                 sync.after_backward(self.model)
                 sync_s += time.perf_counter() - s
                 w = stats.tokens / max(processed_tokens, 1.0)  # token-weighted means
-                sums["loss"] += loss.item() / n_updates
+                loss_value = loss.item()
+                self.guard.loss(loss_value)
+                sums["loss"] += loss_value / n_updates
                 sums["kl"] += stats.kl * w
                 sums["clip_ratio/low"] += stats.clip_ratio_low * w
                 sums["clip_ratio/high"] += stats.clip_ratio_high * w
@@ -280,7 +287,9 @@ class GRPOTrainer:
                 clip = getattr(self.optimizer, "clip_grad_norm_", None)  # a sharded optimizer sees only its shard
                 grad_norm = float(clip(args.max_grad_norm) if clip else
                                   torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm))
-            self.optimizer.step()
+            # non-finite rewards, losses or gradients on any rank: error, or skip this update on every rank
+            if self.guard.allows_update(self.model, grad_norm if args.max_grad_norm > 0 else None, self.updates + 1):
+                self.optimizer.step()
             s = time.perf_counter()
             sync.after_optimizer_step(self.model, self.optimizer, self.updates)
             sync_s += time.perf_counter() - s
@@ -291,6 +300,7 @@ class GRPOTrainer:
             self.optimizer.zero_grad(set_to_none=True)
         m.update(sums)
         m["grad_norm"] = grad_norm
+        m["nonfinite/skipped_steps"] = float(self.guard.skipped_steps)
         m["time/sync_s"] = sync_s
         m["time/update_s"] = time.perf_counter() - start - sync_s
         return stamps
@@ -438,7 +448,8 @@ class GRPOTrainer:
         return save_checkpoint(out_dir, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler,
                                self.sampler.state_dict(), keep=self.args.save_total_limit, rank=sync.rank,
                                world_size=sync.world_size, barrier=lambda: sync.all_reduce_sum([0.0]),
-                               sharded_optimizer=self._sharded_optimizer)
+                               sharded_optimizer=self._sharded_optimizer,
+                               any_rank=lambda flag: sync.all_reduce_sum([float(flag)])[0] > 0)
 
     @property
     def _sharded_optimizer(self) -> bool:

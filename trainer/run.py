@@ -34,7 +34,8 @@ def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, ge
     from trainer.grpo import GRPOTrainer
     from trainer.rewards import bind_params, resolve_reward
 
-    funcs = [bind_params(resolve_reward(s.func, f"rewards[{i}].func"), s.params) for i, s in enumerate(recipe.rewards)]
+    funcs = [bind_params(resolve_reward(s.func, f"rewards[{i}].func"), reward_params(recipe, s))
+             for i, s in enumerate(recipe.rewards)]
     args = dataclasses.replace(recipe.grpo, reward_weights=[s.weight for s in recipe.rewards],
                                output_dir=str(out_dir) if out_dir is not None else recipe.grpo.output_dir)
     train = load_jsonl(recipe.data.train_file, "data.train_file")
@@ -51,6 +52,46 @@ def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, ge
         trainer.backend = make_generation_backend(recipe.vllm, recipe.model.name_or_path, trainer.tokenizer,
                                                   args.max_prompt_length, seed=args.seed, model=trainer.model)
     return trainer
+
+
+def reward_params(recipe: Recipe, spec) -> dict:
+    """rewards[i].params, and for the code reward the recipe's code_sandbox."""
+    return {"sandbox": recipe.code_sandbox, **spec.params} if spec.func == "code" else spec.params
+
+
+def check_recipe_inputs(recipe: Recipe) -> None:
+    """What `hdc recipe validate` checks beyond the fields: the model folder, the data files and the
+    columns the prompts and rewards need, the topology; each mistake a UserError naming the field."""
+    from hdc.errors import UserError
+    from trainer.checkpoint import refuse_pickled_weights
+    from trainer.data import load_jsonl
+    from trainer.rewards import check_reward_columns, resolve_reward
+
+    model = Path(recipe.model.name_or_path)
+    if not model.is_dir():
+        raise UserError(f"model.name_or_path: no such directory {str(model)!r}")
+    if not (model / "config.json").is_file():
+        raise UserError(f"model.name_or_path: {model} has no config.json (save a model with save_pretrained)")
+    refuse_pickled_weights(model)
+    data = recipe.data
+    for field, path in (("data.train_file", data.train_file), ("data.eval_file", data.eval_file)):
+        if path is None:
+            continue
+        columns = load_jsonl(path, field).column_names
+        needed = [data.prompt_column] + ([data.answer_column] if field == "data.eval_file" else [])
+        for column in needed:
+            if column not in columns:
+                raise UserError(f"{field}: no column {column!r} in {path} (columns: {', '.join(columns)})")
+        if field == "data.train_file":
+            funcs = [resolve_reward(s.func, f"rewards[{i}].func") for i, s in enumerate(recipe.rewards)]
+            check_reward_columns(funcs, columns, field)
+    if recipe.distributed.topology is not None:
+        from hdc.topology import load_topology
+
+        try:
+            load_topology(recipe.distributed.topology)
+        except UserError as e:
+            raise UserError(f"distributed.topology: {e}") from None
 
 
 def write_resolved(recipe: Recipe, out_dir: str | Path) -> None:

@@ -166,6 +166,11 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def project_python(cmd: list[str]) -> list[str]:
+    """`python` (or python3) means this project's interpreter, the one with hdc and torch, not the system's."""
+    return [sys.executable, *cmd[1:]] if cmd[:1] in (["python"], ["python3"]) else list(cmd)
+
+
 def _run(args: argparse.Namespace) -> int:
     from experiments.emulate import launch, netns
     from experiments.emulate.spec import build_spec
@@ -174,6 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise UserError("emulate run: give the command after --, e.g. hdc emulate run -- python train.py")
+    cmd = project_python(cmd)
     spec = netns.read_state(args.prefix)
     if spec is None or not netns.is_up(args.prefix):
         raise UserError(f"emulate run: nothing is up for prefix {args.prefix!r}; run `hdc emulate up --topology ...` first")
