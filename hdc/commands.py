@@ -54,12 +54,12 @@ def add_strategy_args(p: argparse.ArgumentParser, required: bool = True) -> None
 
 def _yaml_value(text: str):
     """A flag value as YAML would read it (numbers, booleans, names, mappings for --inner)."""
-    import yaml
+    from hdc.config import yaml_value
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        return yaml_value(text, "flag value")
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
 
 
 def strategy_knobs(args: argparse.Namespace) -> dict:
