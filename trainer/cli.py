@@ -11,7 +11,7 @@ import sys
 
 import yaml
 
-from hdc.commands import add_strategy_args, strategy_knobs
+from hdc.commands import MAX_LOCAL_PROCESSES, add_strategy_args, positive_int, strategy_knobs
 from hdc.errors import UserError
 
 
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
                    help="override a recipe field, e.g. --set grpo.max_steps=10 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
+    p.add_argument("--nproc", type=positive_int("--nproc", MAX_LOCAL_PROCESSES), default=None, metavar="N",
                    help="data-parallel processes on this machine (default: the topology's GPU count, or 1)")
     p.add_argument("--topology", default=None, metavar="PATH|PRESET",
                    help="lay the processes out on this topology (sets distributed.topology)")
@@ -134,8 +134,6 @@ def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
     from trainer.distributed.launch import launch_local
 
     topo_arg = recipe.distributed.topology
-    if topo_arg is None and args.nproc < 1:
-        raise UserError(f"--nproc: must be >= 1, got {args.nproc}")
     if recipe.distributed.shard_within_site:  # before anything is written
         check_shard_topology(load_topology(topo_arg) if topo_arg else topology_from_dict(local_topology(args.nproc)))
     if topo_arg is None:
