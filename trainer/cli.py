@@ -22,7 +22,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="output directory (overrides grpo.output_dir)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set grpo.max_steps=10 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the output dir (same recipe) from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in the output dir (its checkpoints, logs and final model are removed)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--nproc", type=positive_int("--nproc", MAX_LOCAL_PROCESSES), default=None, metavar="N",
                    help="data-parallel processes on this machine (default: the topology's GPU count, or 1)")
@@ -104,6 +107,8 @@ def cmd_train(args) -> int:
 
     check_recipe_placement(recipe)  # before anything is written
     out = args.out or recipe.grpo.output_dir
+    if os.environ.get("RANK", "0") == "0":  # one process decides whose the folder is
+        _claim_output_dir(out, recipe, args)
     if "WORLD_SIZE" not in os.environ and (args.nproc or recipe.distributed.topology):
         return _launch_local_training(args, recipe, overrides, out)
     from trainer.run import build_grad_sync, build_trainer, write_resolved
@@ -123,6 +128,18 @@ def cmd_train(args) -> int:
 
         shutdown_distributed()
     return 0
+
+
+def _claim_output_dir(out: str, recipe, args) -> None:
+    """Refuse an --out holding another run (trainer/outdir.py); with --overwrite, clear it."""
+    from trainer.config import recipe_to_dict
+    from trainer.outdir import check_output_dir, clear_run
+
+    check_output_dir(out, recipe_to_dict(recipe), resume=args.resume, overwrite=args.overwrite)
+    if args.overwrite:
+        removed = clear_run(out)
+        if removed:
+            print(f"--overwrite: removed {', '.join(removed)} from {out}", file=sys.stderr)
 
 
 def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
