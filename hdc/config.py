@@ -117,10 +117,16 @@ def convert(path: str, value: Any, tp: Any, md: dict | None = None) -> Any:
         return {str(k): convert(f"{path}.{k}", v, vt) for k, v in value.items()}
     if tp is Any:
         return value
+    if tp is dict:  # a free-form mapping (checked by its owner's validate)
+        if not isinstance(value, dict):
+            raise fail(path, f"must be a mapping, got {value!r}")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise fail(path, f"must be true or false, got {value!r}")
         return value
+    if tp in (int, float) and isinstance(value, str) and _YAML12_NUMBER.fullmatch(value.strip()):
+        value = float(value)  # '1e-6' and '4e9' are numbers in YAML 1.2 (and to TRL users), strings to PyYAML
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_MAGNITUDE:
@@ -146,6 +152,9 @@ def convert(path: str, value: Any, tp: Any, md: dict | None = None) -> Any:
             raise fail(path, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+_YAML12_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")  # exponent forms only
 
 
 def _range_suffix(md: dict) -> str:
@@ -304,7 +313,8 @@ def parse_yaml(text: str, where: str) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UserError(f"{where}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+        problem = (getattr(e, "problem", None) or str(e)).splitlines()[0]  # a ReaderError spans two lines
+        raise UserError(f"{where}: invalid YAML{at}: {problem}") from None
     except RecursionError:  # a construct that nests without the composer's help (e.g. a deep flow key)
         raise UserError(f"{where}: invalid YAML: nested too deeply") from None
     finally:
