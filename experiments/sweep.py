@@ -127,7 +127,10 @@ def run_sweep(grid: dict, out_csv: str, jobs: int = 1, executor: str = "local",
     gid = grid_id(grid)
     done = rows_done(out_csv, gid)  # before any work: a CSV of another sweep is refused
     points = list(expand(grid))
-    for config, _ in points:  # validate everything before any work or output
+    from tqdm import tqdm
+
+    # validate everything before any work or output (about 3 ms a config: a bar for large grids)
+    for config, _ in tqdm(points, desc="sweep: checking configs", unit="cfg", disable=not progress or len(points) < 1000):
         resolve(config)
     todo = [(config_id(c, grid["evaluate"]), c, inputs) for c, inputs in points]
     todo = [t for t in todo if t[0] not in done]

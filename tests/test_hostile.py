@@ -526,7 +526,7 @@ def test_hostile_input_is_refused(case, tmp_path):
 # ---------------------------------------------------------------------- the same, as real processes
 SUBPROCESS = ["yaml-alias-bomb", "yaml-deep-lists-100000", "workload-bucket_numel=1", "workload-global-batch-4e9",
               "flag-chunked--chunks='1e9'", "sweep-grid-10^6", "flag-sweep--jobs='10000'", "recipe-reward-params-alias-bomb",
-              "report-out-unrelated-folder", "yaml-alias-bomb-report-config"]
+              "report-out-unrelated-folder", "yaml-bomb-report-config"]
 
 
 @pytest.mark.fuzz
