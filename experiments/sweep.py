@@ -124,14 +124,15 @@ def _run(args: tuple[dict, str]) -> dict[str, Any]:
 def run_sweep(grid: dict, out_csv: str, jobs: int = 1, executor: str = "local",
               progress: bool = True, on_row: Callable[[dict], None] | None = None) -> int:
     """Evaluate every config not already in out_csv; returns how many were evaluated."""
-    gid = grid_id(grid)
-    done = rows_done(out_csv, gid)  # before any work: a CSV of another sweep is refused
-    points = list(expand(grid))
     from tqdm import tqdm
 
+    gid = grid_id(grid)
+    rows_done(out_csv, gid)  # before any work: a CSV of another sweep is refused
+    points = list(expand(grid))
     # validate everything before any work or output (about 3 ms a config: a bar for large grids)
     for config, _ in tqdm(points, desc="sweep: checking configs", unit="cfg", disable=not progress or len(points) < 1000):
         resolve(config)
+    done = rows_done(out_csv, gid, repair=True)
     todo = [(config_id(c, grid["evaluate"]), c, inputs) for c, inputs in points]
     todo = [t for t in todo if t[0] not in done]
     writer = _RowWriter(out_csv)
@@ -145,10 +146,11 @@ def run_sweep(grid: dict, out_csv: str, jobs: int = 1, executor: str = "local",
     return len(todo)
 
 
-def rows_done(out_csv: str, gid: str) -> set[str]:
+def rows_done(out_csv: str, gid: str, repair: bool = False) -> set[str]:
     """The config_ids already in `out_csv` (empty if there is none). Refuses a file that is no
-    sweep CSV (binary, no config_id column) or holds rows of another grid; drops a last row cut
-    short by a kill mid-write (no final newline), so that config is evaluated again."""
+    sweep CSV (binary, no config_id column) or holds rows of another grid. A last row cut short
+    by a kill mid-write (no final newline) is not done; with `repair` it is dropped from the
+    file, so that config is evaluated again and written whole."""
     check_output_file(out_csv, "--out")
     if not os.path.lexists(out_csv):
         return set()
@@ -170,10 +172,11 @@ def rows_done(out_csv: str, gid: str) -> set[str]:
         raise UserError(f"--out {out_csv}: no grid_id column (written by another tool or an older hdc sweep); "
                         f"give a new file")
     if body and not text.endswith(("\n", "\r")):  # the last write was cut short
-        print(f"sweep: dropping the incomplete last row of {out_csv} (an interrupted write); it is redone",
-              file=sys.stderr)
         body = body[:-1]
-        _rewrite(out_csv, header, body)
+        if repair:
+            print(f"sweep: dropping the incomplete last row of {out_csv} (an interrupted write); it is redone",
+                  file=sys.stderr)
+            _rewrite(out_csv, header, body)
     for i, row in enumerate(body):
         if len(row) != len(header):
             raise UserError(f"--out {out_csv}: line {i + 2} has {len(row)} fields where the header has "

@@ -75,7 +75,7 @@ def strategy_from_args(args: argparse.Namespace):
 
 def positive_int(flag: str, most: int | None = None):
     """An argparse type: an integer >= 1 (and <= `most`); the message names what is allowed."""
-    allowed = f"an integer >= 1" + (f" and <= {most}" if most is not None else "")
+    allowed = "an integer >= 1" + (f" and <= {most}" if most is not None else "")
 
     def parse(text: str) -> int:
         try:

@@ -69,7 +69,8 @@ def check_range(path: str, value: float, md: dict, kind: str = "") -> None:
     if not ok:
         raise fail(path, f"must be {kind}{_describe_range(md)}, got {value!r}")
     if isinstance(value, (int, float)) and not abs(value) <= MAX_MAGNITUDE:  # NaN and inf fail too
-        shown = repr(value) if isinstance(value, float) else f"{float(value):.3g}"
+        shown = (repr(value) if isinstance(value, float) else f"{value:.3e}" if value.bit_length() < 1000
+                 else f"an integer of about {int(value.bit_length() * 0.30103)} digits")
         raise fail(path, f"must be a finite number{_range_suffix(md)}, at most {MAX_MAGNITUDE:g} in magnitude, "
                          f"got {shown}")
 
@@ -264,6 +265,10 @@ class _YamlLimit(yaml.YAMLError):
         self.problem, self.problem_mark = problem, mark
 
 
+class YamlLimitError(UserError):
+    """YAML refused for what it would do (expand, nest, repeat a key), not for its syntax."""
+
+
 def _check_aliases(root) -> None:
     """Refuse a document whose aliases expand to more than MAX_ALIAS_NODES nodes beyond those
     written, or that contains itself. Each node's expanded size is counted once (memoised), so
@@ -314,7 +319,10 @@ def parse_yaml(text: str, where: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = (getattr(e, "problem", None) or str(e)).splitlines()[0]  # a ReaderError spans two lines
-        raise UserError(f"{where}: invalid YAML{at}: {problem}") from None
+        raise (YamlLimitError if isinstance(e, _YamlLimit) else UserError)(
+            f"{where}: invalid YAML{at}: {problem}") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise UserError(f"{where}: invalid YAML: {str(e).splitlines()[0]}") from None
     except RecursionError:  # a construct that nests without the composer's help (e.g. a deep flow key)
         raise UserError(f"{where}: invalid YAML: nested too deeply") from None
     finally:
@@ -386,9 +394,9 @@ def yaml_value(text: str, where: str) -> Any:
         return ""
     try:
         return parse_yaml(text, where)
-    except UserError as e:
-        if any(w in str(e) for w in ("alias", "nested", "duplicate key")):
-            raise
+    except YamlLimitError:
+        raise
+    except UserError:
         return text
 
 

@@ -21,7 +21,7 @@ class UnitError(ValueError):
 
 # Physical ranges of a quantity given with a unit (SI inside): a value outside is a typo or an
 # attack, not a network. Zero passes (each field says whether it allows 0).
-# (what, smallest non-zero, largest, how the bounds read)
+# what -> (smallest non-zero value, largest value, the range as the message reads)
 _RANGES = {
     "bandwidth": (0.125, 1e15, "1 bit/s .. 8 Pbit/s"),     # 1 bit/s .. 1 PB/s (>1000x today's NVLink)
     "duration": (1e-12, 1e7, "1 ps .. 1e7 s (116 days)"),

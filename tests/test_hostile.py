@@ -113,6 +113,8 @@ def topology_cases() -> list[Case]:
         _topology_case("topo-site-defaults-not-mapping", ("site_defaults",), [1], "site_defaults"),
         _topology_case("topo-assumptions-not-list", ("assumptions",), 5, "assumptions"),
         _topology_case("topo-name-not-string", ("name",), 5, "name"),
+        _topology_case("topo-nodes-400-digits", ("sites", 0, "nodes"), 10**400, "sites[0].nodes"),
+        _topology_case("topo-links-300-digits", ("wan", 0, "links"), 10**300, "wan[0].links"),
     ]
     return cases
 
@@ -148,6 +150,7 @@ def yaml_file_cases() -> list[Case]:
         "unclosed-bracket": ("name: [t\n", "t.yaml: invalid YAML"),
         "bad-tag": ("name: !!python/object:os.system x\n", "t.yaml: invalid YAML"),
         "empty-file": ("", "t.yaml"),
+        "5000-digit-integer": ("name: t\nsites: " + "9" * 5000 + "\n", "t.yaml: invalid YAML"),
         "top-level-list": ("- a\n- b\n", "t.yaml"),
         "top-level-scalar": ("hello\n", "t.yaml"),
     }
@@ -418,8 +421,19 @@ def sweep_cases() -> list[Case]:
                                                                  "config_id,grid_id,x\nabc,0123456789ab,1\n"}),
         Case("sweep-out-no-grid-id", run, "grid_id", files={"g.yaml": GRID, "r.csv": "config_id,x\nabc,1\n"}),
         Case("sweep-out-ragged", run, "line 2", files={"g.yaml": GRID, "r.csv": "config_id,grid_id,x\nabc\nd,e,f\n"}),
+        Case("sweep-cut-row-kept-when-refused", run, "sim.compute_efficiency",  # a refusal repairs nothing
+             files={"g.yaml": grid_with(grid={"sim.compute_efficiency": [2.0]})},
+             setup=lambda tmp: (tmp / "r.csv").write_text(
+                 f"config_id,grid_id,x\nabc,{_grid_id(grid_with(grid={'sim.compute_efficiency': [2.0]}))},1\nde")),
     ]
     return cases
+
+
+def _grid_id(text: str) -> str:
+    from experiments.sweep import grid_id
+
+    data = yaml.safe_load(text)
+    return grid_id({"base": data["base"], "grid": data["grid"], "evaluate": data["evaluate"]})
 
 
 # ---------------------------------------------------------------------- report
