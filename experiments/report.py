@@ -81,15 +81,30 @@ def _sim(job: tuple) -> dict:
 
 
 REPORT_MARKER = ".hdc-report"  # in every folder hdc report writes: only such a folder is ever replaced
+TITLE = "hdc report — training across datacenters"
 
 
 def check_report_out(out_dir: str) -> None:
     """`--out` must be a new or empty folder, or one an earlier `hdc report` wrote (it holds
     REPORT_MARKER): anything else would be deleted when the new report replaces it."""
     check_output_folder(out_dir, "--out")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, REPORT_MARKER)):
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not _written_by_report(out_dir):
         raise UserError(f"--out {out_dir}: holds files that no hdc report wrote (no {REPORT_MARKER} marker); "
                         f"choose a new or empty folder, it would be replaced")
+
+
+def _written_by_report(folder: str) -> bool:
+    """The marker is there, or (reports from before the marker) index.html carries the report's
+    title and nothing but the report's own kinds of files sit beside it."""
+    if os.path.isfile(os.path.join(folder, REPORT_MARKER)):
+        return True
+    try:
+        with open(os.path.join(folder, "index.html"), encoding="utf-8") as fh:
+            head = fh.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    own = all(e.is_file() and e.name.endswith((".html", ".png", ".csv", ".json")) for e in os.scandir(folder))
+    return own and f"<title>{TITLE}</title>" in head
 
 
 def build_report(out_dir: str, config_path: Optional[str] = None, runs: tuple[str, ...] = (),
@@ -106,7 +121,7 @@ def build_report(out_dir: str, config_path: Optional[str] = None, runs: tuple[st
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".report-", dir=parent)
     try:
-        _write(ReportWriter(tmp, "hdc report — training across datacenters"), cfg, runs, measured, progress)
+        _write(ReportWriter(tmp, TITLE), cfg, runs, measured, progress)
         with open(os.path.join(tmp, REPORT_MARKER), "w", encoding="utf-8") as fh:
             fh.write("written by hdc report; hdc report replaces only folders holding this file\n")
         check_report_out(out_dir)  # again: the folder may have changed while the report was built

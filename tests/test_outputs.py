@@ -186,3 +186,20 @@ def test_resume_follows_the_latest_pointer_not_the_highest_step(tmp_path, caplog
     assert "not usable" in caplog.text
     (tmp_path / ckpt.LATEST).write_text("../../etc\n")  # a pointer out of the folder is ignored
     assert ckpt.latest_checkpoint(tmp_path) == second
+
+
+# ---------------------------------------------------------------------- report folders
+def test_a_report_folder_from_before_the_marker_is_recognised_and_nothing_else(tmp_path):
+    from experiments.report import TITLE, check_report_out
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "index.html").write_text(f'<!doctype html><html><head><meta charset="utf-8"><title>{TITLE}</title>')
+    (old / "gantt.png").write_bytes(b"\x89PNG")
+    check_report_out(str(old))
+    (old / "thesis.tex").write_text("mine")
+    with pytest.raises(UserError, match="no .hdc-report marker"):
+        check_report_out(str(old))
+    check_report_out(str(tmp_path / "new"))
+    (tmp_path / "empty").mkdir()
+    check_report_out(str(tmp_path / "empty"))
