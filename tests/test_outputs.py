@@ -203,3 +203,25 @@ def test_a_report_folder_from_before_the_marker_is_recognised_and_nothing_else(t
     check_report_out(str(tmp_path / "new"))
     (tmp_path / "empty").mkdir()
     check_report_out(str(tmp_path / "empty"))
+
+
+def test_hdc_train_overwrite_replaces_the_run_and_keeps_other_files(finished_run, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from trainer.logs import read_metrics
+    from trainer.selfcheck.runs import ROOT
+
+    recipe, out = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "notes.txt").write_text("mine")
+    steps_before = [r["step"] for r in read_metrics(copy / "metrics.jsonl") if "loss" in r]
+    argv = [sys.executable, "-m", "hdc.cli", "train", str(recipe), "--out", str(copy), "--no-progress"]
+    refused = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and "holds another run" in refused.stderr
+    done = subprocess.run(argv + ["--overwrite"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--overwrite: removed" in done.stderr and (copy / "notes.txt").read_text() == "mine"
+    assert [r["step"] for r in read_metrics(copy / "metrics.jsonl") if "loss" in r] == steps_before  # not appended

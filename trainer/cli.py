@@ -107,12 +107,18 @@ def cmd_train(args) -> int:
 
     check_recipe_placement(recipe)  # before anything is written
     out = args.out or recipe.grpo.output_dir
-    if os.environ.get("RANK", "0") == "0":  # one process decides whose the folder is
-        _claim_output_dir(out, recipe, args)
+    is_rank0 = os.environ.get("RANK", "0") == "0"  # one process decides whose the folder is
+    if is_rank0:
+        from trainer.config import recipe_to_dict
+        from trainer.outdir import check_output_dir
+
+        check_output_dir(out, recipe_to_dict(recipe), resume=args.resume, overwrite=args.overwrite)
     if "WORLD_SIZE" not in os.environ and (args.nproc or recipe.distributed.topology):
         return _launch_local_training(args, recipe, overrides, out)
     from trainer.run import build_grad_sync, build_trainer, write_resolved
 
+    if is_rank0 and args.overwrite:
+        _clear_run(out)
     sync = build_grad_sync(recipe)
     if sync.rank == 0:
         write_resolved(recipe, out)
@@ -130,16 +136,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _claim_output_dir(out: str, recipe, args) -> None:
-    """Refuse an --out holding another run (trainer/outdir.py); with --overwrite, clear it."""
-    from trainer.config import recipe_to_dict
-    from trainer.outdir import check_output_dir, clear_run
+def _clear_run(out: str) -> None:
+    """--overwrite, once every check passed and just before the first write: remove the old run."""
+    from trainer.outdir import clear_run
 
-    check_output_dir(out, recipe_to_dict(recipe), resume=args.resume, overwrite=args.overwrite)
-    if args.overwrite:
-        removed = clear_run(out)
-        if removed:
-            print(f"--overwrite: removed {', '.join(removed)} from {out}", file=sys.stderr)
+    removed = clear_run(out)
+    if removed:
+        print(f"--overwrite: removed {', '.join(removed)} from {out}", file=sys.stderr)
 
 
 def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
@@ -153,6 +156,8 @@ def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
     topo_arg = recipe.distributed.topology
     if recipe.distributed.shard_within_site:  # before anything is written
         check_shard_topology(load_topology(topo_arg) if topo_arg else topology_from_dict(local_topology(args.nproc)))
+    if args.overwrite:  # the ranks start in a folder without the old run (they are not given --overwrite)
+        _clear_run(out)
     if topo_arg is None:
         os.makedirs(out, exist_ok=True)
         topo_arg = os.path.join(out, "topology.yaml")
