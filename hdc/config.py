@@ -8,7 +8,6 @@ path, the value and what is allowed. Nothing is clamped.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import typing

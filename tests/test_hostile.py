@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 
 import pytest
 import yaml
@@ -483,9 +482,8 @@ def _fake_run(recipe_changes: dict | None = None, files=("metrics.jsonl", "lates
     def setup(tmp):
         base = _recipe_base(tmp)
         (tmp / "r.yaml").write_text(yaml.safe_dump(base))
-        from trainer.config import recipe_to_dict
         from hdc.config import from_dict
-        from trainer.config import Recipe
+        from trainer.config import Recipe, recipe_to_dict
 
         ran = copy.deepcopy(base)
         for k, v in (recipe_changes or {}).items():
@@ -507,7 +505,7 @@ def output_folder_cases() -> list[Case]:
             _recipe_with({})(tmp), (tmp / "runs" / "a" / "checkpoints" / "step-00000001").mkdir(parents=True))),
         Case("train-resume-other-recipe", train + ["--resume"], "grpo.learning_rate",
              setup=_fake_run({"grpo.learning_rate": 0.5})),
-        Case("train-resume-other-reward-weight", train + ["--resume"], "--resume",
+        Case("train-resume-other-beta", train + ["--resume"], "grpo.beta",
              setup=_fake_run({"grpo.beta": 0.1})),
         Case("train-resume-nothing", train + ["--resume"], "--resume", setup=_recipe_with({})),
         Case("train-resume-and-overwrite", train + ["--resume", "--overwrite"], "--overwrite", setup=_fake_run()),
