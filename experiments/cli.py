@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hdc.commands import positive_int
+from hdc.commands import MAX_LOCAL_PROCESSES, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "strategy, sim) and write one CSV row per config; resumable.")
     p.add_argument("--grid", required=True, help="grid YAML (base, grid, evaluate)")
     p.add_argument("--out", required=True, help="results CSV (rows already there are skipped)")
-    p.add_argument("--jobs", type=positive_int("--jobs"), default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--jobs", type=positive_int("--jobs", MAX_LOCAL_PROCESSES), default=1,
+                   help=f"parallel worker processes (default 1, at most {MAX_LOCAL_PROCESSES})")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local processes, or Ray (needs the ray extra)")
     p.add_argument("--require-fit", action="store_true",

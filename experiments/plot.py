@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from hdc.errors import UserError
+from hdc.outputs import check_output_file
 
 
 def plot_csv(csv_path: str, x: str, y: str, hue: str | None, out: str, logx: bool = False) -> str:
@@ -13,17 +14,15 @@ def plot_csv(csv_path: str, x: str, y: str, hue: str | None, out: str, logx: boo
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    if not os.path.exists(csv_path):
-        raise UserError(f"{csv_path}: no such file")
-    try:
-        df = pd.read_csv(csv_path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-        raise UserError(f"{csv_path}: not a readable CSV ({e})") from None
+    df = read_csv_table(csv_path)
     for flag, col in (("--x", x), ("--y", y), ("--hue", hue)):
         if col is not None and col not in df.columns:
-            raise UserError(f"{flag}: no column {col!r} in {csv_path}; columns: {', '.join(df.columns)}")
+            raise UserError(f"{flag}: no column {col!r} in {csv_path}; columns: {', '.join(map(str, df.columns))}")
     if df.empty:
         raise UserError(f"{csv_path}: has no rows to plot")
+    if not pd.api.types.is_numeric_dtype(df[y]) or not df[y].notna().any():
+        raise UserError(f"--y {y}: the column holds no numbers (first value {df[y].iloc[0]!r}); pick a numeric column")
+    check_output_file(out, "--out")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     groups = df.groupby(hue, sort=False) if hue else [(None, df)]
     for name, part in groups:
@@ -41,6 +40,24 @@ def plot_csv(csv_path: str, x: str, y: str, hue: str | None, out: str, logx: boo
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def read_csv_table(csv_path: str):
+    """A CSV as a DataFrame; a missing, binary, empty or malformed file is a UserError."""
+    import pandas as pd
+
+    if not os.path.isfile(csv_path):
+        raise UserError(f"{csv_path}: {'is a folder' if os.path.isdir(csv_path) else 'no such file'}, expected a CSV file")
+    with open(csv_path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if b"\x00" in head:
+        raise UserError(f"{csv_path}: not a text CSV (binary content)")
+    try:
+        return pd.read_csv(csv_path)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{csv_path}: is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{csv_path}: not a readable CSV ({str(e).splitlines()[0]})") from None
 
 
 def _numeric(series):

@@ -17,6 +17,7 @@ from typing import Optional
 
 from hdc.config import from_dict, load_yaml, meta
 from hdc.errors import UserError
+from hdc.outputs import check_output_folder
 from experiments.html import ReportWriter
 
 
@@ -37,7 +38,7 @@ class ReportConfig:
     local_sgd_every: list[int] = meta("local SGD sync periods to show", gt=0, default_factory=lambda: [8])
     models: list[str] = meta("workload presets for the model-size what-if",
                              default_factory=lambda: ["llama-3-8b", "llama-3-70b", "nemotron-4-340b"])
-    jobs: int = meta("parallel simulator processes", gt=0, default=2)
+    jobs: int = meta("parallel simulator processes", gt=0, le=64, default=2)
     published: bool = meta("section 8: the simulator against 13 published runs (about 30 s)", default=True)
 
     def validate(self, path: str = "") -> None:
@@ -81,8 +82,36 @@ def _sim(job: tuple) -> dict:
     return row
 
 
+REPORT_MARKER = ".hdc-report"  # in every folder hdc report writes: only such a folder is ever replaced
+TITLE = "hdc report — training across datacenters"
+
+
+def check_report_out(out_dir: str) -> None:
+    """`--out` must be a new or empty folder, or one an earlier `hdc report` wrote (it holds
+    REPORT_MARKER): anything else would be deleted when the new report replaces it."""
+    check_output_folder(out_dir, "--out")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not _written_by_report(out_dir):
+        raise UserError(f"--out {out_dir}: holds files that no hdc report wrote (no {REPORT_MARKER} marker); "
+                        f"choose a new or empty folder, it would be replaced")
+
+
+def _written_by_report(folder: str) -> bool:
+    """The marker is there, or (reports from before the marker) index.html carries the report's
+    title and nothing but the report's own kinds of files sit beside it."""
+    if os.path.isfile(os.path.join(folder, REPORT_MARKER)):
+        return True
+    try:
+        with open(os.path.join(folder, "index.html"), encoding="utf-8") as fh:
+            head = fh.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    own = all(e.is_file() and e.name.endswith((".html", ".png", ".csv", ".json")) for e in os.scandir(folder))
+    return own and f"<title>{TITLE}</title>" in head
+
+
 def build_report(out_dir: str, config_path: Optional[str] = None, runs: tuple[str, ...] = (),
                  measured: tuple[str, ...] = (), progress: bool = True) -> str:
+    check_report_out(out_dir)  # before any work: a bad --out used to fail after 25 s, or delete a folder
     cfg = load_config(config_path)
     for r in runs:
         if not os.path.exists(os.path.join(r, "metrics.jsonl")):
@@ -94,7 +123,10 @@ def build_report(out_dir: str, config_path: Optional[str] = None, runs: tuple[st
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".report-", dir=parent)
     try:
-        _write(ReportWriter(tmp, "hdc report — training across datacenters"), cfg, runs, measured, progress)
+        _write(ReportWriter(tmp, TITLE), cfg, runs, measured, progress)
+        with open(os.path.join(tmp, REPORT_MARKER), "w", encoding="utf-8") as fh:
+            fh.write("written by hdc report; hdc report replaces only folders holding this file\n")
+        check_report_out(out_dir)  # again: the folder may have changed while the report was built
         if os.path.isdir(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -54,12 +54,12 @@ def add_strategy_args(p: argparse.ArgumentParser, required: bool = True) -> None
 
 def _yaml_value(text: str):
     """A flag value as YAML would read it (numbers, booleans, names, mappings for --inner)."""
-    import yaml
+    from hdc.config import yaml_value
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        return yaml_value(text, "flag value")
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
 
 
 def strategy_knobs(args: argparse.Namespace) -> dict:
@@ -73,17 +73,24 @@ def strategy_from_args(args: argparse.Namespace):
     return strategy_from_dict({"name": args.strategy, **strategy_knobs(args)})
 
 
-def positive_int(flag: str):
-    """An argparse type: an integer >= 1 (the message names what is allowed)."""
+def positive_int(flag: str, most: int | None = None):
+    """An argparse type: an integer >= 1 (and <= `most`); the message names what is allowed."""
+    allowed = "an integer >= 1" + (f" and <= {most}" if most is not None else "")
+
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        if v < 1 or (most is not None and v > most):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {v}")
         return v
     return parse
+
+
+# Processes one command may start on this machine (`--jobs`, `--nproc`): more is a typo, and
+# 10,000 would exhaust the machine before any work is done.
+MAX_LOCAL_PROCESSES = 64
 
 
 def _topology(args: argparse.Namespace) -> int:

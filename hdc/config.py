@@ -49,6 +49,12 @@ def _describe_range(md: dict) -> str:
     return " and ".join(parts)
 
 
+# Every number a config holds is finite and at most this large in magnitude (1e18: an exabyte, a
+# billion seconds), whatever its field: beyond it a simulator time or a size has no physical
+# meaning and arithmetic on it overflows. A field narrows it with `le`/`ge`.
+MAX_MAGNITUDE = 1e18
+
+
 def check_range(path: str, value: float, md: dict, kind: str = "") -> None:
     ok = True
     if md.get("ge") is not None and not value >= md["ge"]:
@@ -61,6 +67,11 @@ def check_range(path: str, value: float, md: dict, kind: str = "") -> None:
         ok = False
     if not ok:
         raise fail(path, f"must be {kind}{_describe_range(md)}, got {value!r}")
+    if isinstance(value, (int, float)) and not abs(value) <= MAX_MAGNITUDE:  # NaN and inf fail too
+        shown = (repr(value) if isinstance(value, float) else f"{value:.3e}" if value.bit_length() < 1000
+                 else f"an integer of about {int(value.bit_length() * 0.30103)} digits")
+        raise fail(path, f"must be a finite number{_range_suffix(md)}, at most {MAX_MAGNITUDE:g} in magnitude, "
+                         f"got {shown}")
 
 
 def _type_name(tp: Any) -> str:
@@ -106,13 +117,19 @@ def convert(path: str, value: Any, tp: Any, md: dict | None = None) -> Any:
         return {str(k): convert(f"{path}.{k}", v, vt) for k, v in value.items()}
     if tp is Any:
         return value
+    if tp is dict:  # a free-form mapping (checked by its owner's validate)
+        if not isinstance(value, dict):
+            raise fail(path, f"must be a mapping, got {value!r}")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise fail(path, f"must be true or false, got {value!r}")
         return value
+    if tp in (int, float) and isinstance(value, str) and _YAML12_NUMBER.fullmatch(value.strip()):
+        value = float(value)  # '1e-6' and '4e9' are numbers in YAML 1.2 (and to TRL users), strings to PyYAML
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
+            if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_MAGNITUDE:
                 value = int(value)
             else:
                 raise fail(path, f"must be an integer{_range_suffix(md)}, got {value!r}")
@@ -123,8 +140,6 @@ def convert(path: str, value: Any, tp: Any, md: dict | None = None) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail(path, f"must be a number{_range_suffix(md)}, got {value!r}")
         value = float(value)
-        if value != value:
-            raise fail(path, "must be a number, got NaN")
         check_range(path, value, md, "a number ")
         return value
     if tp is str:
@@ -137,6 +152,9 @@ def convert(path: str, value: Any, tp: Any, md: dict | None = None) -> Any:
             raise fail(path, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+_YAML12_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")  # exponent forms only
 
 
 def _range_suffix(md: dict) -> str:
@@ -199,21 +217,137 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def load_yaml(path: str) -> Any:
-    """Read a YAML file; a missing file or a syntax error is a UserError."""
+# Limits of the safe YAML loader (what no hand-written config comes near): the nodes that
+# aliases may add when expanded ("billion laughs" adds 10^9), how deep mappings and lists may
+# nest (the composer recurses per level), and how large a file may be.
+MAX_ALIAS_NODES = 10_000
+MAX_YAML_DEPTH = 64
+MAX_YAML_BYTES = 16 * 2**20
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys, nesting beyond MAX_YAML_DEPTH and aliases
+    whose expansion would add more than MAX_ALIAS_NODES nodes (or refer to themselves)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YamlLimit(f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: SafeConstructor says so itself
+                continue
+            if duplicate:
+                raise _YamlLimit(f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _YamlLimit(yaml.YAMLError):
+    def __init__(self, problem: str, mark=None):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class YamlLimitError(UserError):
+    """YAML refused for what it would do (expand, nest, repeat a key), not for its syntax."""
+
+
+def _check_aliases(root) -> None:
+    """Refuse a document whose aliases expand to more than MAX_ALIAS_NODES nodes beyond those
+    written, or that contains itself. Each node's expanded size is counted once (memoised), so
+    the check is linear in the file even when the expansion is exponential."""
+    size: dict[int, int] = {}  # expanded size of each node done, by id
+    on_path: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in _children(node))
+            continue
+        if key in size or key in on_path:
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                raise _YamlLimit("an alias refers to the node that holds it (a recursive structure)",
+                                 child.start_mark)
+            stack.append((child, False))
+    if size[id(root)] - len(size) > MAX_ALIAS_NODES:
+        raise _YamlLimit(f"aliases expand to {size[id(root)]:,} nodes, more than {MAX_ALIAS_NODES:,} beyond "
+                         f"the {len(size):,} written")
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [x for pair in node.value for x in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text to data with the safe loader; any problem is a UserError naming `where`."""
+    loader = None
     try:
+        loader = _SafeLoader(text)  # its reader already refuses control characters
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_aliases(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = (getattr(e, "problem", None) or str(e)).splitlines()[0]  # a ReaderError spans two lines
+        raise (YamlLimitError if isinstance(e, _YamlLimit) else UserError)(
+            f"{where}: invalid YAML{at}: {problem}") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise UserError(f"{where}: invalid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:  # a construct that nests without the composer's help (e.g. a deep flow key)
+        raise UserError(f"{where}: invalid YAML: nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def load_yaml(path: str) -> Any:
+    """Read a YAML file with the safe loader (see `parse_yaml`); a missing, binary, oversized
+    or invalid file is a UserError naming it."""
+    try:
+        if os.path.getsize(path) > MAX_YAML_BYTES:
+            raise UserError(f"{path}: larger than {MAX_YAML_BYTES // 2**20} MiB, not a config file")
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            text = fh.read()
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory, expected a YAML file") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UserError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    except PermissionError:
+        raise UserError(f"{path}: not readable (permission denied)") from None
+    if "\x00" in text:
+        raise UserError(f"{path}: not a text file (holds NUL bytes)")
+    return parse_yaml(text, path)
 
 
 def yaml_names(folder: str) -> list[str]:
@@ -239,10 +373,7 @@ def set_dotted(data: dict, assignment: str) -> None:
     key, raw = assignment.split("=", 1)
     if not key or any(not p for p in key.split(".")):
         raise UserError(f"--set {assignment!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
+    value = yaml_value(raw, f"--set {key}")
     cur = data
     parts = key.split(".")
     for p in parts[:-1]:
@@ -253,6 +384,19 @@ def set_dotted(data: dict, assignment: str) -> None:
             raise UserError(f"--set {key}: {p} is not a mapping")
         cur = nxt
     cur[parts[-1]] = value
+
+
+def yaml_value(text: str, where: str) -> Any:
+    """A command-line value as YAML reads it (numbers, booleans, lists, mappings); text that is
+    not valid YAML stays a string. Aliases, depth and duplicate keys are checked as in files."""
+    if text == "":
+        return ""
+    try:
+        return parse_yaml(text, where)
+    except YamlLimitError:
+        raise
+    except UserError:
+        return text
 
 
 def help_table(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:

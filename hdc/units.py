@@ -19,6 +19,25 @@ class UnitError(ValueError):
     """A quantity that does not parse; the message says what forms are allowed."""
 
 
+# Physical ranges of a quantity given with a unit (SI inside): a value outside is a typo or an
+# attack, not a network. Zero passes (each field says whether it allows 0).
+# what -> (smallest non-zero value, largest value, the range as the message reads)
+_RANGES = {
+    "bandwidth": (0.125, 1e15, "1 bit/s .. 8 Pbit/s"),     # 1 bit/s .. 1 PB/s (>1000x today's NVLink)
+    "duration": (1e-12, 1e7, "1 ps .. 1e7 s (116 days)"),
+    "distance": (1e-3, 1e8, "1 mm .. 100,000 km"),          # 2.5x around the Earth
+    "size": (1, 2.0**60, "1 B .. 1 EiB"),
+    "FLOP rate": (1.0, 1e21, "1 FLOP/s .. 1 ZFLOP/s"),
+}
+
+
+def _physical(value: float, what: str, text: object) -> float:
+    low, high, shown = _RANGES[what]
+    if value != 0 and not low <= value <= high:  # also refuses inf and NaN (1e999 parses as inf)
+        raise UnitError(f"{what} {text!r} is outside the physical range {shown}")
+    return value
+
+
 def _split(text: object, what: str, example: str, allow_bare: bool = False) -> tuple[float, str]:
     if isinstance(text, bool):
         raise UnitError(f"expected a {what} such as {example!r}, got {text!r}")
@@ -50,10 +69,10 @@ def parse_bandwidth(text: object) -> float:
     value, unit = _split(text, "bandwidth", "400Gbps")
     bits = _prefix(unit, ("bit/s", "bps", "b/s"))
     if bits:
-        return value * bits[0] / 8.0
+        return _physical(value * bits[0] / 8.0, "bandwidth", text)
     byts = _prefix(unit, ("B/s", "Bps"))
     if byts:
-        return value * byts[0]
+        return _physical(value * byts[0], "bandwidth", text)
     raise UnitError(f"unknown bandwidth unit {unit!r} in {text!r}; use e.g. Gbps, Gbit/s, GB/s, GiB/s")
 
 
@@ -62,7 +81,7 @@ def parse_time(text: object) -> float:
     value, unit = _split(text, "duration", "21ms")
     if unit not in _TIME:
         raise UnitError(f"unknown time unit {unit!r} in {text!r}; use one of {', '.join(_TIME)}")
-    return value * _TIME[unit]
+    return _physical(value * _TIME[unit], "duration", text)
 
 
 def parse_distance(text: object) -> float:
@@ -70,7 +89,7 @@ def parse_distance(text: object) -> float:
     value, unit = _split(text, "distance", "1000km")
     if unit not in _DIST:
         raise UnitError(f"unknown distance unit {unit!r} in {text!r}; use one of {', '.join(_DIST)}")
-    return value * _DIST[unit]
+    return _physical(value * _DIST[unit], "distance", text)
 
 
 def parse_size(text: object) -> int:
@@ -83,7 +102,7 @@ def parse_size(text: object) -> int:
         if not pre:
             raise UnitError(f"unknown size unit {unit!r} in {text!r}; use e.g. B, KB, MB, GB, KiB, MiB, GiB")
         factor = pre[0]
-    size = value * factor
+    size = _physical(value * factor, "size", text)
     if size != int(size):
         raise UnitError(f"size {text!r} is not a whole number of bytes")
     return int(size)
@@ -94,7 +113,7 @@ def parse_flops(text: object) -> float:
     value, unit = _split(text, "FLOP rate", "989TFLOPS", allow_bare=True)
     for suf in ("FLOPS", "FLOP/s", "flops"):
         if unit.endswith(suf) and unit[: -len(suf)] in _FLOPS:
-            return value * _FLOPS[unit[: -len(suf)]]
+            return _physical(value * _FLOPS[unit[: -len(suf)]], "FLOP rate", text)
     raise UnitError(f"unknown FLOP-rate unit {unit!r} in {text!r}; use e.g. TFLOPS or PFLOPS")
 
 

@@ -108,6 +108,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     topo, work = load_topology(args.topology), load_workload(args.workload)
     strategy = strategy_from_args(args)
+    faults = faults_from_args(args)  # every flag checked before the calibration simulates anything
     constants = SimConstants()
     if args.compute_efficiency is not None:
         if not 0 < args.compute_efficiency <= 1:
@@ -120,7 +121,7 @@ def _simulate(args: argparse.Namespace) -> int:
         constants = constants.with_(compute_efficiency=calibrate_compute_efficiency(
             one, work, strategy, args.calibrate_mfu, constants))
     result = simulate(topo, work, strategy, constants, baseline=not args.no_baseline,
-                      timeline=args.timeline is not None, faults=faults_from_args(args))
+                      timeline=args.timeline is not None, faults=faults)
     warning = result.fit_warning()
     if warning and args.require_fit:
         raise UserError(f"--require-fit: {warning.removeprefix('warning: ')}")

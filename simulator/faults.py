@@ -20,10 +20,11 @@ from hdc.topology import Topology
 @dataclass
 class Faults:
     slow_gpu_factor: float = meta("one GPU (or node) computes this many times slower (1 = healthy)",
-                                  ge=1.0, default=1.0)
+                                  ge=1.0, le=1000.0, default=1.0)
     slow_gpu_stage: int = meta("pipeline stage the slow GPU belongs to", ge=0, default=0)
     slow_site: Optional[str] = meta("a site whose GPUs are all slower", default=None)
-    slow_site_factor: float = meta("compute slowdown of every GPU in slow_site", ge=1.0, default=1.0)
+    slow_site_factor: float = meta("compute slowdown of every GPU in slow_site", ge=1.0, le=1000.0,
+                                    default=1.0)
     wan_bandwidth_factor: float = meta("fraction of nominal bandwidth every WAN link still delivers",
                                        gt=0.0, le=1.0, default=1.0)
     wan_links_failed: int = meta("parallel links down on every WAN connection; traffic fails over to "

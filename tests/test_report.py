@@ -42,6 +42,13 @@ def test_every_link_and_image_exists_and_no_figure_is_empty(report):
         assert os.path.isfile(data) and sum(1 for _ in open(data)) > 1, f"{png} has no data rows"
 
 
+def test_the_report_folder_carries_its_marker_and_may_be_rewritten(report):
+    from experiments.report import REPORT_MARKER, check_report_out
+
+    assert os.path.isfile(os.path.join(report, REPORT_MARKER))
+    check_report_out(report)  # a later `hdc report --out` into it is allowed
+
+
 def test_reproduction_numbers_come_from_the_simulator(report):
     from hdc.strategies import strategy_from_dict
     from simulator import SimConstants, simulate

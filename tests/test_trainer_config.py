@@ -61,7 +61,7 @@ def test_grpo_config_built_in_python_gets_the_recipe_checks():
 
 @pytest.mark.parametrize("override, message", [
     ("grpo.loss_type=sum", "grpo.loss_type: must be one of grpo, bnpo, dr_grpo, dapo, cispo, sapo, got 'sum'"),
-    ("grpo.learning_rate=-1", "grpo.learning_rate: must be a number > 0, got -1.0"),
+    ("grpo.learning_rate=-1", "grpo.learning_rate: must be a number > 0 and <= 10, got -1.0"),
     ("grpo.num_generations=3", "grpo.num_generations: must divide"),
     ("grpo.lerning_rate=1", "grpo.lerning_rate: unknown key"),
     ("grpo.scale_rewards=std", "grpo.scale_rewards: must be one of group, batch, none"),

@@ -8,8 +8,8 @@ Layout of OUT/checkpoints/:
                             scheduler.pt, trainer_state.json,
                             rng.pt              (rank 0; rng.rank{r}.pt for the other ranks)
                             manifest.json       size and sha256 of every file above, written last
-OUT/latest_checkpoint holds "checkpoints/step-00000042": the newest sealed checkpoint (a hint
-for people and tools; resume itself validates and takes the newest complete one).
+OUT/latest_checkpoint holds "checkpoints/step-00000042": the newest sealed checkpoint, the one
+resume takes (validated; when it is missing or damaged, resume takes the newest complete one).
 
 Atomicity: a checkpoint is written to `.tmp-step-.../`, every file and the directory are
 fsynced, the manifest is written (and fsynced) last, the directory is renamed into place
@@ -218,10 +218,32 @@ def validate_checkpoint(path: str | Path, verify_hashes: bool = True) -> Optiona
     return None
 
 
+def pointed_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint OUT/latest_checkpoint names (None without one, or when it names anything
+    but a step-* folder of OUT/checkpoints)."""
+    try:
+        name = (Path(out_dir) / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    parts = Path(name).parts
+    if len(parts) != 2 or parts[0] != "checkpoints" or not parts[1].startswith(PREFIX):
+        log.warning("checkpoint: ignoring %s: it names %r, not checkpoints/%s...", LATEST, name, PREFIX)
+        return None
+    return Path(out_dir) / name
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint; incomplete or corrupt ones are skipped with a warning."""
+    """The checkpoint `latest_checkpoint` names when it is complete, else the newest complete one;
+    incomplete or corrupt ones are skipped with a warning."""
     for d in partial_dirs(out_dir):
         log.warning("checkpoint: ignoring partial directory %s (an interrupted write or delete)", d)
+    pointed = pointed_checkpoint(out_dir)
+    if pointed is not None:
+        problem = validate_checkpoint(pointed)
+        if problem is None:
+            return pointed
+        log.warning("checkpoint: %s names %s, which is not usable (%s); taking the newest complete one",
+                    LATEST, pointed, problem)
     for path in reversed(list_checkpoints(out_dir)):
         problem = validate_checkpoint(path)
         if problem is None:

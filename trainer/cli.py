@@ -11,7 +11,7 @@ import sys
 
 import yaml
 
-from hdc.commands import add_strategy_args, strategy_knobs
+from hdc.commands import MAX_LOCAL_PROCESSES, add_strategy_args, positive_int, strategy_knobs
 from hdc.errors import UserError
 
 
@@ -22,9 +22,12 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="output directory (overrides grpo.output_dir)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set grpo.max_steps=10 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the output dir (same recipe) from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in the output dir (its checkpoints, logs and final model are removed)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
+    p.add_argument("--nproc", type=positive_int("--nproc", MAX_LOCAL_PROCESSES), default=None, metavar="N",
                    help="data-parallel processes on this machine (default: the topology's GPU count, or 1)")
     p.add_argument("--topology", default=None, metavar="PATH|PRESET",
                    help="lay the processes out on this topology (sets distributed.topology)")
@@ -111,6 +114,12 @@ def cmd_train(args) -> int:
     check_recipe_placement(recipe)  # before anything is written
     check_code_sandbox(recipe)
     out = args.out or recipe.grpo.output_dir
+    is_rank0 = os.environ.get("RANK", "0") == "0"  # one process decides whose the folder is
+    if is_rank0:
+        from trainer.config import recipe_to_dict
+        from trainer.outdir import check_output_dir
+
+        check_output_dir(out, recipe_to_dict(recipe), resume=args.resume, overwrite=args.overwrite)
     if "WORLD_SIZE" not in os.environ and (args.nproc or recipe.distributed.topology):
         return _launch_local_training(args, recipe, overrides, out)
     from trainer.run import build_grad_sync, build_trainer, check_recipe_inputs, write_resolved
@@ -118,6 +127,8 @@ def cmd_train(args) -> int:
     if "WORLD_SIZE" not in os.environ:  # where the user started it (the ranks a launcher starts were checked)
         check_recipe_inputs(recipe)  # the model folder, data, columns and topology, before anything is written
 
+    if is_rank0 and args.overwrite:
+        _clear_run(out)
     sync = build_grad_sync(recipe)
     if sync.rank == 0:
         write_resolved(recipe, out)
@@ -135,6 +146,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _clear_run(out: str) -> None:
+    """--overwrite, once every check passed and just before the first write: remove the old run."""
+    from trainer.outdir import clear_run
+
+    removed = clear_run(out)
+    if removed:
+        print(f"--overwrite: removed {', '.join(removed)} from {out}", file=sys.stderr)
+
+
 def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
     """`hdc train --nproc N [--topology T]`: start every rank on this machine through `hdc launch --local`."""
     import os
@@ -144,13 +164,13 @@ def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
     from trainer.distributed.launch import launch_local
 
     topo_arg = recipe.distributed.topology
-    if topo_arg is None and args.nproc < 1:
-        raise UserError(f"--nproc: must be >= 1, got {args.nproc}")
     if recipe.distributed.shard_within_site:  # before anything is written
         check_shard_topology(load_topology(topo_arg) if topo_arg else topology_from_dict(local_topology(args.nproc)))
     from trainer.run import check_recipe_inputs
 
     check_recipe_inputs(recipe)
+    if args.overwrite:  # the ranks start in a folder without the old run (they are not given --overwrite)
+        _clear_run(out)
     if topo_arg is None:
         os.makedirs(out, exist_ok=True)
         topo_arg = os.path.join(out, "topology.yaml")

@@ -54,7 +54,7 @@ class GRPOConfig:
     output_dir: str = meta("Where checkpoints, logs and the final model go (`hdc train --out` overrides).",
                            default="runs/grpo")
     # --- optimisation
-    learning_rate: float = meta("AdamW learning rate.", default=1e-6, gt=0)
+    learning_rate: float = meta("AdamW learning rate.", default=1e-6, gt=0, le=10)
     adam_beta1: float = meta("AdamW beta1.", default=0.9, ge=0, lt=1)
     adam_beta2: float = meta("AdamW beta2.", default=0.99, ge=0, lt=1)
     weight_decay: float = meta("AdamW weight decay.", default=0.0, ge=0)
@@ -378,7 +378,7 @@ class DataConfig:
 @dataclass
 class RewardSpec:
     func: str = meta("Built-in name (accuracy, format, length, code) or an import path package.module:function.")
-    weight: float = meta("Weight in the summed reward.", default=1.0)
+    weight: float = meta("Weight in the summed reward.", default=1.0, ge=-1e6, le=1e6)
     params: dict[str, Any] = meta("Extra keyword arguments passed to the function, e.g. target_length.",
                                   default_factory=dict)
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Optional, Sequence
 
+from hdc.commands import MAX_LOCAL_PROCESSES
 from hdc.errors import UserError
 from hdc.topology import Topology, load_topology
 
@@ -144,6 +145,9 @@ def launch_local(topology_arg: str, cmd: Sequence[str], *, master_port: Optional
         raise UserError("launch: give the command to run after --, e.g. hdc launch --local ... -- python train.py")
     out = out or sys.stdout
     topo = load_topology(topology_arg)
+    if topo.num_gpus > MAX_LOCAL_PROCESSES:
+        raise UserError(f"topology {topology_arg}: {topo.num_gpus:,} GPUs would be {topo.num_gpus:,} processes on "
+                        f"this machine; at most {MAX_LOCAL_PROCESSES} (run a real site with hdc launch per node)")
     port = master_port or free_port()
     lock = threading.Lock()
     procs: list[subprocess.Popen] = []
