@@ -138,9 +138,10 @@ def run_sweep(grid: dict, out_csv: str, jobs: int = 1, executor: str = "local",
     writer = _RowWriter(out_csv)
     try:
         for r in _evaluate_all(todo, grid["evaluate"], jobs, executor, progress):
-            writer.write({"config_id": r.pop("config_id"), "grid_id": gid, **r})
+            row = {"config_id": r.pop("config_id"), "grid_id": gid, **r}
+            writer.write(row)
             if on_row:
-                on_row(r)
+                on_row(row)
     finally:
         writer.close()
     return len(todo)

@@ -205,7 +205,7 @@ def workload_cases() -> list[Case]:
     for name in ("tp", "pp", "dp", "vpp", "micro_batch_size", "global_batch_size"):
         cases += [_workload_case(f"parallel.{name}={v!r}", ("parallel", name), v) for v in (0, -1, INF, 1.5, "x")]
     cases += [_workload_case(f"grad_bytes={v!r}", ("grad_bytes",), v) for v in (3, 8, INF, "2")]
-    cases += [_workload_case(f"param_bytes={v!r}", ("param_bytes",), v) for v in (1, 3)]
+    cases += [_workload_case(f"param_bytes={v!r}", ("param_bytes",), v) for v in (0, 3, 8)]
     cases += [_workload_case(f"bucket_numel={v!r}", ("bucket_numel",), v) for v in (1, 0, -1, 1000, INF, HUGE_INT)]
     cases += [
         _workload_case("global-batch-4e9", ("parallel", "global_batch_size"), 4e9, "parallel.global_batch_size"),
