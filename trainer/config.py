@@ -20,6 +20,7 @@ gradient_accumulation_steps updates (1 with the defaults).
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from hdc.config import convert_fields, fail, from_dict, load_yaml, meta, set_dot
 from hdc.errors import UserError
 from hdc.strategies import STRATEGY_NAMES, knobs, strategy_from_dict
 from hdc.sync import GRAD_DTYPES, check_shard_strategy
+from trainer.logs import REPORT_TO
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
@@ -147,6 +149,10 @@ class GRPOConfig:
     log_completions: bool = meta("Write sampled prompt/completion/reward rows to completions.jsonl.",
                                  default=False)
     num_completions_to_print: int = meta("Rows per logged step when log_completions is on.", default=4, ge=1)
+    report_to: list[str] = meta(
+        "Where metrics go: jsonl (metrics.jsonl, what hdc report reads), tensorboard (tb/), wandb (wandb/; "
+        "offline unless WANDB_MODE is set, needs the wandb extra). TRL's option.",
+        default_factory=lambda: ["jsonl", "tensorboard"], choices=REPORT_TO)
     deterministic_rollouts: bool = meta(
         "Sample each prompt's group with its own seed (from seed, step and the prompt's index in the step), so "
         "rollouts do not depend on batching or on the number of processes: data-parallel runs then match a "
@@ -200,6 +206,9 @@ class GRPOConfig:
                        f"must be a multiple of num_generations ({self.num_generations}), got {self.generation_batch_size}")
         if self.sync_ref_model and self.beta == 0.0:
             raise fail(f"{p}sync_ref_model", "needs a reference model: set beta > 0, got beta 0")
+        if "wandb" in self.report_to and importlib.util.find_spec("wandb") is None:
+            raise fail(f"{p}report_to", "wandb is not installed: pip install -e '.[wandb]' (it logs offline, "
+                                        "no account needed), or leave wandb out of report_to")
 
     @property
     def epsilon_low(self) -> float:

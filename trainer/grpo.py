@@ -30,7 +30,7 @@ from trainer.config import DataConfig, GRPOConfig
 from trainer.data import PromptSampler, evaluate_exact_match, format_prompt
 from trainer.device import autocast, check_bf16, check_precision, resolve_device, visiting
 from trainer.generation import GenerationBackend, HFGenerationBackend, SamplingParams, encode_prompts
-from trainer.logs import MetricsLogger
+from trainer.logs import MetricsLogger, truncate_logs
 from trainer.rewards import resolve_reward, reward_name, score
 from trainer.sync import GradientSync, LocalSync
 
@@ -467,7 +467,10 @@ class GRPOTrainer:
             self.sampler.load_state_dict(state["data"])
             self.backend.update_weights(self.model)  # a separate engine must not keep the start weights
         is_main = self.grad_sync.rank == 0
-        self.logger = MetricsLogger(out) if is_main else None
+        resumed_at = self.step if resume_from_checkpoint else None
+        if is_main and resumed_at is not None:
+            truncate_logs(out, resumed_at)  # the steps after the checkpoint are logged again below
+        self.logger = MetricsLogger(out, args.report_to, resumed_at, dataclasses.asdict(args)) if is_main else None
         summary: dict[str, float] = {}
         if self.step == 0 and self.eval_dataset is not None:
             summary.update({f"{k}_start": v for k, v in self.evaluate().items()})
