@@ -41,3 +41,41 @@ def test_truncate_logs_keeps_rows_up_to_the_step_and_drops_a_cut_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval/x": 1}\n{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
     assert truncate_logs(tmp_path, 2) == {"metrics.jsonl": 2}
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1]
+
+
+def test_a_tokenizer_without_a_chat_template_trains_with_the_default_auto(tmp_path):
+    from transformers import AutoTokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_assets().sft_model, base)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in base.glob("chat_template.*"):
+        extra.unlink()
+    assert AutoTokenizer.from_pretrained(base).chat_template is None  # a base model's tokenizer
+    from trainer.data import format_prompt
+
+    trainer = tiny_trainer(tmp_path / "run", model=base, max_steps=1)
+    assert trainer.data.use_chat_template == "auto"
+    assert format_prompt(trainer.tokenizer, "2+2=", use_chat_template="auto") == "2+2="  # plain text
+    result = trainer.train(progress=False)
+    assert result["loss"] == result["loss"] and (tmp_path / "run" / "final").is_dir()
+    with pytest.raises(UserError, match="data.use_chat_template: true, but the tokenizer has no chat template"):
+        format_prompt(trainer.tokenizer, "1+1=", use_chat_template=True)
+
+
+def test_a_hub_id_gets_a_one_line_message_to_download_it(tmp_path):
+    import subprocess
+    import sys
+
+    assets = tiny_assets()
+    done = subprocess.run([sys.executable, "-m", "trainer.cli", "train", "recipes/tiny-arith.yaml", "--out",
+                           str(tmp_path / "out"), "--set", "model.name_or_path=Qwen/Qwen2-0.5B-Instruct",
+                           "--set", f"data.train_file={assets.data / 'train.jsonl'}"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "model.name_or_path: 'Qwen/Qwen2-0.5B-Instruct' looks like a Hugging Face Hub id" in done.stderr
+    assert "huggingface-cli download Qwen/Qwen2-0.5B-Instruct --local-dir" in done.stderr
+    assert not (tmp_path / "out").exists()

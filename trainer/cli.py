@@ -102,7 +102,10 @@ def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe, overrides)
     from trainer.device import check_recipe_placement
 
+    from trainer.models import require_model_dir
+
     check_recipe_placement(recipe)  # before anything is written
+    require_model_dir(recipe.model.name_or_path, "model.name_or_path")
     out = args.out or recipe.grpo.output_dir
     if "WORLD_SIZE" not in os.environ and (args.nproc or recipe.distributed.topology):
         return _launch_local_training(args, recipe, overrides, out)

@@ -49,6 +49,13 @@ def parse_scale_rewards(value: Any) -> str:
     raise ValueError(f"must be one of {', '.join(SCALE_REWARDS)} (or true/false), got {value!r}")
 
 
+def parse_chat_template(value: Any) -> bool | str:
+    """data.use_chat_template: true, false or auto."""
+    if value in (True, False, "auto"):
+        return value
+    raise ValueError(f"must be auto, true or false, got {value!r}")
+
+
 @dataclass
 class GRPOConfig:
     """Every GRPO knob. Names follow TRL's GRPOConfig where TRL has the option."""
@@ -376,7 +383,9 @@ class DataConfig:
     answer_column: str = meta("Column holding the reference answer (used by the accuracy reward and eval).",
                               default="answer")
     system_prompt: str | None = meta("System message put before every string prompt.", default=None)
-    use_chat_template: bool = meta("Format prompts with the tokenizer's chat template.", default=True)
+    use_chat_template: bool | str = meta("Format prompts with the tokenizer's chat template: auto (when the tokenizer "
+                                         "has one; base models often have none), true or false.", default="auto",
+                                         parse=parse_chat_template)
     eval_max_samples: int = meta("Held-out prompts used per evaluation.", default=200, ge=1)
 
 

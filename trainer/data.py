@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from hdc.errors import UserError
+from trainer.models import wants_chat_template
 
 
 def load_jsonl(path: str, field_path: str = "data.train_file"):
@@ -24,11 +25,13 @@ def load_jsonl(path: str, field_path: str = "data.train_file"):
         raise UserError(f"{field_path}: cannot read {path!r} as JSONL ({type(e).__name__}: {e})") from None
 
 
-def format_prompt(tokenizer, prompt: Any, system_prompt: str | None = None, use_chat_template: bool = True) -> str:
-    """The text the model continues: a string prompt (plus system message) or a message list, templated."""
-    if not use_chat_template:
+def format_prompt(tokenizer, prompt: Any, system_prompt: str | None = None,
+                  use_chat_template: bool | str = "auto") -> str:
+    """The text the model continues: a string prompt (plus system message) or a message list, templated
+    (data.use_chat_template: auto = when the tokenizer has a template)."""
+    if not wants_chat_template(tokenizer, use_chat_template):
         if not isinstance(prompt, str):
-            raise UserError("data.use_chat_template: conversational prompts need the chat template")
+            raise UserError("data.use_chat_template: conversational prompts need the tokenizer's chat template")
         return prompt
     if isinstance(prompt, str):
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
@@ -76,7 +79,7 @@ class PromptSampler:
 @torch.no_grad()
 def evaluate_exact_match(model, tokenizer, rows: list[dict], *, max_new_tokens: int, prompt_column: str = "prompt",
                          answer_column: str = "answer", system_prompt: str | None = None,
-                         use_chat_template: bool = True, batch_size: int = 100, num_generations: int | None = None,
+                         use_chat_template: bool | str = "auto", batch_size: int = 100, num_generations: int | None = None,
                          temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> dict[str, float]:
     """Held-out rows: the fraction of completions whose extracted answer equals the reference
     exactly, and the fraction in the <think>..</think><answer>..</answer> format. Greedy, one

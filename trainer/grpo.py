@@ -31,6 +31,7 @@ from trainer.data import PromptSampler, evaluate_exact_match, format_prompt
 from trainer.device import autocast, check_bf16, check_precision, resolve_device, visiting
 from trainer.generation import GenerationBackend, HFGenerationBackend, SamplingParams, encode_prompts
 from trainer.logs import MetricsLogger, truncate_logs
+from trainer.models import require_model_dir
 from trainer.rewards import resolve_reward, reward_name, score
 from trainer.sync import GradientSync, LocalSync
 
@@ -81,8 +82,7 @@ class GRPOTrainer:
         random.seed(args.seed)
         torch_dtype = getattr(torch, dtype)
         if isinstance(model, (str, Path)):
-            if not Path(model).is_dir():
-                raise UserError(f"model.name_or_path: no such directory {str(model)!r}")
+            require_model_dir(model, "model.name_or_path")
             refuse_pickled_weights(model)  # safetensors only: a pickle can run code when loaded
             self.model_path = str(model)
             self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype)

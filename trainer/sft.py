@@ -30,16 +30,14 @@ def sft(model_dir: str, data_file: str, out_dir: str, cfg: SFTConfig | None = No
 
     from trainer.data import format_prompt, load_jsonl, PromptSampler
     from trainer.device import resolve_device
+    from trainer.models import require_model_dir
 
     cfg = cfg or SFTConfig()
     device = resolve_device(cfg.device)
     if cfg.torch_num_threads:
         torch.set_num_threads(cfg.torch_num_threads)
     torch.manual_seed(cfg.seed)
-    if not Path(model_dir).is_dir():
-        from hdc.errors import UserError
-
-        raise UserError(f"--model: no such directory {model_dir!r}")
+    require_model_dir(model_dir, "--model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     data = load_jsonl(data_file, "--data")

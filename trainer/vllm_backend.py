@@ -23,6 +23,7 @@ import torch
 from hdc.errors import UserError
 from trainer.config import VLLMConfig  # noqa: F401 (re-exported)
 from trainer.generation import Generation, SamplingParams, cut_at_eos
+from trainer.models import require_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ def prepare_env(cfg: VLLMConfig | None = None, in_process: bool = True) -> None:
 
 def build_llm(model_dir: str | Path, cfg: VLLMConfig, seed: int = 0, in_process: bool = True):
     """An `LLM` for `model_dir` with the weight-sync worker extension and sampler log-probs."""
-    if not Path(model_dir).is_dir():
-        raise UserError(f"model.name_or_path: no such directory {str(model_dir)!r}")
+    require_model_dir(model_dir, "model.name_or_path")
     prepare_env(cfg, in_process)
     require_vllm()
     from vllm import LLM
