@@ -79,3 +79,31 @@ def test_a_hub_id_gets_a_one_line_message_to_download_it(tmp_path):
     assert "model.name_or_path: 'Qwen/Qwen2-0.5B-Instruct' looks like a Hugging Face Hub id" in done.stderr
     assert "huggingface-cli download Qwen/Qwen2-0.5B-Instruct --local-dir" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_set_takes_list_indices_in_a_recipe(tmp_path):
+    from trainer.config import load_recipe
+
+    recipe = load_recipe("recipes/tiny-arith.yaml", ["rewards[0].weight=0.5", "rewards[1].params.x=1"])
+    assert recipe.rewards[0].weight == 0.5 and recipe.rewards[1].params == {"x": 1}
+    with pytest.raises(UserError, match=r"--set rewards\[7\].weight: index \[7\] out of range for rewards"):
+        load_recipe("recipes/tiny-arith.yaml", ["rewards[7].weight=0.5"])
+
+
+def test_a_sweep_over_workload_presets(tmp_path):
+    import csv
+
+    import yaml
+
+    from experiments.sweep import load_grid, run_sweep
+
+    grid = {"base": {"topology": "nemotron-2dc", "strategy": "hierarchical"},
+            "grid": {"workload": ["llama-3-8b", "llama-3-70b"], "topology.wan[0].rtt": ["2ms", "20ms"]},
+            "evaluate": "alpha_beta"}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    assert run_sweep(load_grid(str(path)), str(tmp_path / "r.csv"), progress=False) == 4
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    times = {(r["workload"], r["topology.wan[0].rtt"]): float(r["alpha_beta_sync_s"]) for r in rows}
+    assert set(times) == {(w, rtt) for w in ("llama-3-8b", "llama-3-70b") for rtt in ("2ms", "20ms")}
+    assert times["llama-3-70b", "2ms"] > times["llama-3-8b", "2ms"]  # each preset was evaluated
