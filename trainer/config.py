@@ -30,6 +30,7 @@ from hdc.errors import UserError
 from hdc.strategies import STRATEGY_NAMES, knobs, strategy_from_dict
 from hdc.sync import GRAD_DTYPES, check_shard_strategy
 from trainer.logs import REPORT_TO
+from trainer.lora import LoraSpec, check_lora_options
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
@@ -371,6 +372,9 @@ class ModelConfig:
     device: str = meta("Where the model and every tensor of a step live: auto (cuda:LOCAL_RANK when torch sees "
                        "CUDA, else cpu), cpu or cuda (cuda:LOCAL_RANK; an error where there is no CUDA). Reward "
                        "functions and text stay on the host.", default="auto", choices=("auto", "cpu", "cuda"))
+    lora: LoraSpec | None = meta("Train LoRA adapters (peft) instead of every weight, e.g. {r: 16, alpha: 32}; the "
+                                 "reference is the base with adapters disabled, checkpoints hold the adapters, "
+                                 "OUT/final the merged model (None: full fine-tuning).", default=None)
 
 
 @dataclass
@@ -418,6 +422,8 @@ class Recipe:
         from trainer.device import check_precision
 
         check_precision(self.grpo.bf16, self.model.dtype)
+        if self.model.lora is not None:
+            check_lora_options(self.grpo)
         from trainer.rewards import resolve_reward
 
         for i, spec in enumerate(self.rewards):

@@ -44,7 +44,7 @@ def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, ge
     trainer = GRPOTrainer(model=recipe.model.name_or_path, reward_funcs=funcs, args=args, train_dataset=train,
                           eval_dataset=evaluation, data=recipe.data, grad_sync=grad_sync,
                           generation_backend=generation_backend, dtype=recipe.model.dtype, tis=tis,
-                          device=recipe.model.device)
+                          device=recipe.model.device, lora=recipe.model.lora)
     if generation_backend is None and vllm:
         from trainer.vllm_backend import make_generation_backend
 

@@ -146,11 +146,12 @@ def eos_ids_of(tokenizer) -> set[int]:
 
 def state_dict_items(model: torch.nn.Module, dtype: torch.dtype | None = None) -> list[tuple[str, torch.Tensor]]:
     """(checkpoint name, tensor) pairs of the trainer model, detached, contiguous, optionally cast;
-    a sharded (FSDP2) model's full weights, gathered first (every rank of its site calls this)."""
-    from trainer.checkpoint import full_state_dict
+    a sharded (FSDP2) model's full weights, gathered first (every rank of its site calls this), a
+    LoRA model's merged."""
+    from trainer.lora import export_state_dict
 
     items = []
-    for name, t in full_state_dict(model).items():
+    for name, t in export_state_dict(model).items():  # a LoRA model's adapters merged into their layers
         t = t.detach()
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
