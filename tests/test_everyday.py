@@ -107,3 +107,52 @@ def test_a_sweep_over_workload_presets(tmp_path):
     times = {(r["workload"], r["topology.wan[0].rtt"]): float(r["alpha_beta_sync_s"]) for r in rows}
     assert set(times) == {(w, rtt) for w in ("llama-3-8b", "llama-3-70b") for rtt in ("2ms", "20ms")}
     assert times["llama-3-70b", "2ms"] > times["llama-3-8b", "2ms"]  # each preset was evaluated
+
+
+def tiny_sets(max_steps: int = 2) -> list[str]:
+    assets = tiny_assets()
+    sets = [f"model.name_or_path={assets.sft_model}", f"data.train_file={assets.data / 'train.jsonl'}",
+            "data.eval_file=null", f"grpo.max_steps={max_steps}", "grpo.per_device_train_batch_size=8", "grpo.gradient_accumulation_steps=1",
+            "grpo.max_completion_length=16", "grpo.num_generations=4", "grpo.torch_num_threads=1"]
+    return [x for s in sets for x in ("--set", s)]
+
+
+def test_two_processes_show_one_progress_bar_from_rank_0(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "hdc.cli", "train", "recipes/tiny-arith.yaml", "--nproc", "2",
+                           "--out", str(tmp_path), *tiny_sets()], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    pieces = [p for p in re.split(r"[\r\n]", done.stdout) if p.strip()]
+    bars = [p for p in pieces if "%|" in p]  # tqdm's bars, each redraw
+    assert bars and all(p.startswith("[0 local] ") and "step" in p for p in bars), bars  # not transformers' bars
+    last = bars[-1]
+    assert "2/2" in last and "reward=" in last and "s_per_step=" in last and re.search(r"\d\d:\d\d<\d\d:\d\d", last)
+    quiet = [p for p in pieces if p.startswith("[1 ")]
+    assert not any("%|" in p or "Loading weights" in p for p in quiet), quiet
+
+
+def test_sft_resume_equals_an_uninterrupted_sft(tmp_path):
+    from safetensors.torch import load_file
+
+    from trainer.sft import SFTConfig, sft
+
+    assets = tiny_assets()
+    data = str(assets.data / "sft.jsonl")
+    cfg = SFTConfig(max_steps=6, save_steps=3, per_device_train_batch_size=8, save_total_limit=None)
+    sft(str(assets.model), data, str(tmp_path / "straight"), cfg, log=None)
+    sft(str(assets.model), data, str(tmp_path / "stopped"), cfg, log=None)
+    # as if stopped after step 4: the newest checkpoint is step 3, the weights on disk are not final
+    shutil.rmtree(tmp_path / "stopped" / "checkpoints" / "step-00000006")
+    (tmp_path / "stopped" / "model.safetensors").unlink()
+    out = sft(str(assets.model), data, str(tmp_path / "stopped"), cfg, log=None, resume=True)
+    assert out["first_step"] == 4
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "stopped" / "model.safetensors")
+    assert set(a) == set(b) and all(__import__("torch").equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match="--resume: no checkpoint under"):
+        sft(str(assets.model), data, str(tmp_path / "fresh"), cfg, resume=True)

@@ -59,6 +59,8 @@ def register(subparsers) -> None:
     s.add_argument("--out", required=True, help="directory for the warm-started model")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="SFTConfig field, e.g. --set max_steps=300")
+    s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.set_defaults(handler=cmd_sft)
 
 
@@ -111,11 +113,13 @@ def cmd_train(args) -> int:
         return _launch_local_training(args, recipe, overrides, out)
     from trainer.run import build_grad_sync, build_trainer, write_resolved
 
+    progress = not args.no_progress and int(os.environ.get("RANK", "0")) == 0  # one bar, rank 0's, for the job
+    quiet_transformers_bars()
     sync = build_grad_sync(recipe)
     if sync.rank == 0:
         write_resolved(recipe, out)
     trainer = build_trainer(recipe, out, grad_sync=sync)
-    result = trainer.train(resume_from_checkpoint=args.resume, progress=not args.no_progress)
+    result = trainer.train(resume_from_checkpoint=args.resume, progress=progress)
     keys = [k for k in ("eval/exact_match_start", "eval/exact_match_end", "eval/format_start", "eval/format_end",
                         "rewards/total/mean", "time/step_s") if k in result]
     if sync.rank == 0:
@@ -149,11 +153,20 @@ def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
     n = load_topology(topo_arg).num_gpus
     if args.nproc is not None and args.nproc != n:
         raise UserError(f"--nproc: the topology {topo_arg} has {n} GPUs, one process each; got --nproc {args.nproc}")
-    cmd = [sys.executable, "-m", "hdc.cli", "train", args.recipe, "--out", out, "--no-progress",
+    cmd = [sys.executable, "-m", "hdc.cli", "train", args.recipe, "--out", out,
+           *(["--no-progress"] if args.no_progress else []),  # the other ranks are quiet by themselves
            *[x for o in overrides if not o.startswith("distributed.topology=") for x in ("--set", o)],
            "--set", f"distributed.topology={topo_arg}"] + (["--resume"] if args.resume else [])
     return launch_local(topo_arg, cmd, timeout_s=recipe.distributed.timeout_s,
                         backend=None if recipe.distributed.backend == "auto" else recipe.distributed.backend)
+
+
+def quiet_transformers_bars() -> None:
+    """transformers' own bars ("Loading weights", "Writing model shards" at every checkpoint)
+    off: hdc train and sft show one bar of their own, or none with --no-progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def local_topology(n: int) -> dict:
@@ -188,8 +201,11 @@ def cmd_make_arith_data(args) -> int:
 def cmd_sft(args) -> int:
     from trainer.sft import SFTConfig, sft
 
-    result = sft(args.model, args.data, args.out, _config(SFTConfig, args.overrides))
-    print(f"wrote {args.out} (final loss {result['loss']:.4f}, {result['time_s']:.1f} s)")
+    quiet_transformers_bars()
+    result = sft(args.model, args.data, args.out, _config(SFTConfig, args.overrides), resume=args.resume,
+                 progress=not args.no_progress)
+    resumed = f", resumed at step {result['first_step']}" if args.resume else ""
+    print(f"wrote {args.out} (final loss {result['loss']:.4f}, {result['time_s']:.1f} s{resumed})")
     return 0
 
 
