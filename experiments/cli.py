@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    import sys
+
+    if not args.no_progress:
+        print(f"report: building {args.out} (about 2 minutes on 2 cores) ...", file=sys.stderr, flush=True)
     from experiments.report import build_report
 
     path = build_report(args.out, args.config, tuple(args.runs), tuple(args.measured), not args.no_progress)

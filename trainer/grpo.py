@@ -482,8 +482,8 @@ class GRPOTrainer:
         if self.step == 0 and self.eval_dataset is not None:
             summary.update({f"{k}_start": v for k, v in self.evaluate().items()})
             self._log(0, {k[:-len("_start")]: v for k, v in summary.items()})
-        bar = tqdm(total=args.max_steps, initial=self.step, disable=not (progress and is_main), desc="train", unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(total=args.max_steps, initial=self.step, disable=not (progress and is_main), desc="train",
+                   unit="step", dynamic_ncols=True)
         last: dict[str, float] = {}
         while self.step < args.max_steps:
             metrics = self.train_step()
