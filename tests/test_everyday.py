@@ -156,3 +156,21 @@ def test_sft_resume_equals_an_uninterrupted_sft(tmp_path):
     assert set(a) == set(b) and all(__import__("torch").equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match="--resume: no checkpoint under"):
         sft(str(assets.model), data, str(tmp_path / "fresh"), cfg, resume=True)
+
+
+def test_report_to_wandb_logs_offline_without_a_network(tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(UserError, match=r"grpo.report_to: wandb is not installed: pip install -e '.\[wandb\]'"):
+            GRPOConfig(report_to=["wandb"]).validate("grpo")
+        pytest.skip("wandb is not installed (the optional wandb extra)")
+    for name in ("WANDB_MODE", "WANDB_SILENT"):  # unset now, restored after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    tiny_trainer(tmp_path, max_steps=2, report_to=["jsonl", "wandb"]).train(progress=False)
+    [run] = list((tmp_path / "wandb").glob("offline-run-*"))  # offline by default: nothing was sent
+    [records] = list(run.glob("run-*.wandb"))  # what `wandb sync` uploads later (protobuf records)
+    data = records.read_bytes()
+    assert all(name.encode() in data for name in ("rewards/total/mean", "time/step_s", "kl"))
+    assert not (tmp_path / "tb").exists()  # tensorboard was not asked for
