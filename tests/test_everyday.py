@@ -174,3 +174,30 @@ def test_report_to_wandb_logs_offline_without_a_network(tmp_path, monkeypatch):
     data = records.read_bytes()
     assert all(name.encode() in data for name in ("rewards/total/mean", "time/step_s", "kl"))
     assert not (tmp_path / "tb").exists()  # tensorboard was not asked for
+
+
+def test_plot_draws_a_line_per_combination_of_the_other_inputs_in_km(tmp_path):
+    import pandas as pd
+
+    from experiments.plot import apply_where, plot_csv, plot_lines
+
+    rows = [{"config_id": f"c{d}{n}{s}", "topology.wan[0].distance": f"{d}km", "topology.wan[0].links": n,
+             "strategy.name": s, "scaling_efficiency": d / 1000 + n / 100 + (s == "b"), "step_time_s": 0.25}
+            for d in (2000, 500, 1000) for n in (10, 20) for s in ("a", "b")]
+    path = tmp_path / "r.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    df = pd.read_csv(path)
+    lines, x_label, y_label = plot_lines(df, "topology.wan[0].distance", "scaling_efficiency", "strategy.name")
+    assert x_label == "topology.wan[0].distance (km)" and y_label == "scaling_efficiency"
+    assert sorted(label for label, _, _ in lines) == ["a, topology.wan[0].links=10", "a, topology.wan[0].links=20",
+                                                     "b, topology.wan[0].links=10", "b, topology.wan[0].links=20"]
+    for label, xs, ys in lines:  # each line: one value of every other input, x sorted, in km
+        assert xs == [500.0, 1000.0, 2000.0] and ys == sorted(ys)
+    only = apply_where(df, ["topology.wan[0].links=20.0"], str(path))
+    lines, _, _ = plot_lines(only, "topology.wan[0].distance", "step_time_s", "strategy.name")
+    assert [label for label, _, _ in lines] == ["a", "b"] and lines[0][2] == [250.0] * 3  # seconds shown in ms
+    assert plot_csv(str(path), "topology.wan[0].distance", "scaling_efficiency", None, str(tmp_path / "p.png"),
+                    where=["strategy.name=a"]) and (tmp_path / "p.png").stat().st_size > 0
+    with pytest.raises(UserError, match=r"--where topology.wan\[0\].links=30: no row left has it \(values of "
+                                        r"topology.wan\[0\].links: 10, 20\)"):
+        apply_where(df, ["topology.wan[0].links=30"], str(path))
