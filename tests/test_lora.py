@@ -89,5 +89,6 @@ def test_lora_dp_two_sites_by_two_ranks_matches_one_process(tmp_path):
     results = spawn_world(run, 4, args=(str(assets.root), str(tmp_path / "dp"), "hierarchical", 2, extra),
                           timeout_s=600)
     assert differences(reference, results) == []
-    for r in results:
+    for r in results:  # each rank syncs, and holds AdamW state (exp_avg, exp_avg_sq in fp32) for, the adapters
         assert r["plan_numel"] == r["trainable_numel"] == reference["trainable_numel"] < 60_000
+        assert r["optimizer_state_bytes"] == 2 * 4 * r["trainable_numel"]

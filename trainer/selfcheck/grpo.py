@@ -94,7 +94,9 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy, sites: int,
     return {"losses": losses, "weights": weights if rank == 0 else None, "divergence": divergence, "moved": moved,
             "rewards": rewards, "wan_param_bytes": wan_bytes, "wan_param_bytes_plan": wan_plan,
             "wan_grad_bytes": wan_grad, "plan_numel": None if plans is None else plans.plan.numel,
-            "trainable_numel": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
+            "trainable_numel": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+            "optimizer_state_bytes": sum(v.numel() * v.element_size() for st in trainer.optimizer.state.values()
+                                         for k, v in st.items() if torch.is_tensor(v) and k != "step")}
 
 
 def differences(reference: dict, results: list[dict]) -> list[str]:
