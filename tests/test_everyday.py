@@ -144,12 +144,12 @@ def test_sft_resume_equals_an_uninterrupted_sft(tmp_path):
     assets = tiny_assets()
     data = str(assets.data / "sft.jsonl")
     cfg = SFTConfig(max_steps=6, save_steps=3, per_device_train_batch_size=8, save_total_limit=None)
-    sft(str(assets.model), data, str(tmp_path / "straight"), cfg, log=None)
-    sft(str(assets.model), data, str(tmp_path / "stopped"), cfg, log=None)
+    sft(str(assets.model), data, str(tmp_path / "straight"), cfg)
+    sft(str(assets.model), data, str(tmp_path / "stopped"), cfg)
     # as if stopped after step 4: the newest checkpoint is step 3, the weights on disk are not final
     shutil.rmtree(tmp_path / "stopped" / "checkpoints" / "step-00000006")
     (tmp_path / "stopped" / "model.safetensors").unlink()
-    out = sft(str(assets.model), data, str(tmp_path / "stopped"), cfg, log=None, resume=True)
+    out = sft(str(assets.model), data, str(tmp_path / "stopped"), cfg, resume=True)
     assert out["first_step"] == 4
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "stopped" / "model.safetensors")

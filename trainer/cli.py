@@ -138,7 +138,6 @@ def cmd_train(args) -> int:
     overrides += [f"distributed.{k}={json.dumps(v)}" for k, v in strategy_knobs(args).items()]
     recipe = load_recipe(args.recipe, overrides)
     from trainer.device import check_recipe_placement
-
     from trainer.models import require_model_dir
 
     check_recipe_placement(recipe)  # before anything is written

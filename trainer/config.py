@@ -424,6 +424,9 @@ class Recipe:
         check_precision(self.grpo.bf16, self.model.dtype)
         if self.model.lora is not None:
             check_lora_options(self.grpo)
+            if self.distributed.shard_within_site:
+                raise fail("distributed.shard_within_site", "not with model.lora (FSDP2 over peft's adapters is "
+                                                            "untested; the adapters are small: replicate them)")
         from trainer.rewards import resolve_reward
 
         for i, spec in enumerate(self.rewards):

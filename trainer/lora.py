@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from hdc.config import meta
 from hdc.errors import UserError
 
@@ -79,25 +77,25 @@ def check_lora_options(args, path: str = "grpo") -> None:
                             f"adapters disabled, no separate copy), got {getattr(args, name)!r}")
 
 
-@torch.no_grad()
 def merged_state_dict(model) -> dict[str, torch.Tensor]:
     """The plain model's state dict (its own key names) with every adapter merged into its
     layer: W + get_delta_weight (= (alpha / r) B A), computed aside, the model left as it is."""
+    import torch
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
     deltas = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer):
-            for adapter in module.active_adapters:
-                delta = module.get_delta_weight(adapter)
-                deltas[f"{name}.weight"] = deltas.get(f"{name}.weight", 0) + delta
-    out = {}
-    for key, value in base.state_dict().items():
-        if ".lora_" in key:
-            continue
-        plain = key.replace(".base_layer.", ".")
-        out[plain] = (value + deltas[plain].to(value.dtype)) if plain in deltas else value
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                for adapter in module.active_adapters:
+                    deltas[f"{name}.weight"] = deltas.get(f"{name}.weight", 0) + module.get_delta_weight(adapter)
+        out = {}
+        for key, value in base.state_dict().items():
+            if ".lora_" in key:
+                continue
+            plain = key.replace(".base_layer.", ".")
+            out[plain] = (value + deltas[plain].to(value.dtype)) if plain in deltas else value
     return out
 
 

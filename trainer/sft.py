@@ -28,8 +28,8 @@ class SFTConfig:
                                         default=2, ge=1)
 
 
-def sft(model_dir: str, data_file: str, out_dir: str, cfg: SFTConfig | None = None, log=print,
-        resume: bool = False, progress: bool = False) -> dict[str, float]:
+def sft(model_dir: str, data_file: str, out_dir: str, cfg: SFTConfig | None = None, resume: bool = False,
+        progress: bool = False) -> dict[str, float]:
     """Train cfg.max_steps steps (from the newest checkpoint in out_dir with `resume`) and save
     the model to out_dir; `progress` shows a bar with the loss, s/step and the ETA."""
     import torch
