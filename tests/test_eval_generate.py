@@ -54,7 +54,7 @@ def test_hdc_generate_from_a_lora_checkpoint_matches_the_merged_model(tmp_path, 
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["generate", "Qwen/Qwen2-0.5B-Instruct", "--prompt", "hi"], "MODEL: 'Qwen/Qwen2-0.5B-Instruct' looks like a"),
+    (["generate", "Qwen/Qwen2-0.5B-Instruct", "--prompt", "hi"], "if it is a Hugging Face Hub id, download it"),
     (["generate", "{model}", "--prompt", "hi", "--temperature", "-1"], "--temperature: must be >= 0"),
     (["generate", "{model}", "--prompt", "hi", "--temperature", "0", "-n", "2"], "--num: greedy decoding"),
     (["eval", "{model}"], "--data: required with a model"),

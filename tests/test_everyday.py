@@ -76,7 +76,8 @@ def test_a_hub_id_gets_a_one_line_message_to_download_it(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
-    assert "model.name_or_path: 'Qwen/Qwen2-0.5B-Instruct' looks like a Hugging Face Hub id" in done.stderr
+    assert "model.name_or_path: no such directory 'Qwen/Qwen2-0.5B-Instruct'; if it is a Hugging Face Hub id" \
+        in done.stderr
     assert "huggingface-cli download Qwen/Qwen2-0.5B-Instruct --local-dir" in done.stderr
     assert not (tmp_path / "out").exists()
 

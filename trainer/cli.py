@@ -141,10 +141,10 @@ def cmd_train(args) -> int:
     from trainer.models import require_model_dir
 
     check_recipe_placement(recipe)  # before anything is written
-    require_model_dir(recipe.model.name_or_path, "model.name_or_path")
     out = args.out or recipe.grpo.output_dir
     if "WORLD_SIZE" not in os.environ and (args.nproc or recipe.distributed.topology):
         return _launch_local_training(args, recipe, overrides, out)
+    require_model_dir(recipe.model.name_or_path, "model.name_or_path")
     from trainer.run import build_grad_sync, build_trainer, write_resolved
 
     progress = not args.no_progress and int(os.environ.get("RANK", "0")) == 0  # one bar, rank 0's, for the job
@@ -173,12 +173,14 @@ def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
     from hdc.sync import check_shard_topology
     from hdc.topology import load_topology, topology_from_dict
     from trainer.distributed.launch import launch_local
+    from trainer.models import require_model_dir
 
     topo_arg = recipe.distributed.topology
     if topo_arg is None and args.nproc < 1:
         raise UserError(f"--nproc: must be >= 1, got {args.nproc}")
     if recipe.distributed.shard_within_site:  # before anything is written
         check_shard_topology(load_topology(topo_arg) if topo_arg else topology_from_dict(local_topology(args.nproc)))
+    require_model_dir(recipe.model.name_or_path, "model.name_or_path")
     if topo_arg is None:
         os.makedirs(out, exist_ok=True)
         topo_arg = os.path.join(out, "topology.yaml")

@@ -13,15 +13,16 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def require_model_dir(path: str | Path, field: str) -> str:
     """`path` as a string when it is a local folder; else a one-line UserError naming `field`,
-    which for a Hub id says how to download it and pass the folder instead."""
+    which for what may be a Hub id (owner/name, no owner/ folder here) says how to download it
+    and pass the folder instead."""
     path = str(path)
     if Path(path).is_dir():
         return path
-    if HUB_ID.match(path) and not Path(path).exists():
+    if HUB_ID.match(path) and not Path(path.split("/")[0]).exists():  # runs/x with a runs/ here is a local path
         local = f"models/{path.split('/')[-1]}"
-        raise UserError(f"{field}: {path!r} looks like a Hugging Face Hub id, and hdc loads local folders only "
-                        f"(nothing is downloaded at run time): download it first, e.g. `huggingface-cli download "
-                        f"{path} --local-dir {local}`, then pass {local}")
+        raise UserError(f"{field}: no such directory {path!r}; if it is a Hugging Face Hub id, download it first "
+                        f"(hdc loads local folders only, nothing is downloaded at run time), e.g. "
+                        f"`huggingface-cli download {path} --local-dir {local}`, then pass {local}")
     raise UserError(f"{field}: no such directory {path!r}")
 
 
