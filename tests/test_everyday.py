@@ -118,6 +118,7 @@ def tiny_sets(max_steps: int = 2) -> list[str]:
     return [x for s in sets for x in ("--set", s)]
 
 
+@pytest.mark.multiproc
 def test_two_processes_show_one_progress_bar_from_rank_0(tmp_path):
     import os
     import re
