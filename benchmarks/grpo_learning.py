@@ -34,7 +34,7 @@ def build_assets(work: Path, sft_steps: int, sft_lr: float) -> None:
     if not (work / "tiny-sft" / "config.json").exists():
         t = time.perf_counter()
         sft(str(work / "tiny"), str(work / "data" / "sft.jsonl"), str(work / "tiny-sft"),
-            SFTConfig(max_steps=sft_steps, learning_rate=sft_lr))
+            SFTConfig(max_steps=sft_steps, learning_rate=sft_lr), progress=True)
         print(f"warm start: {sft_steps} SFT steps in {time.perf_counter() - t:.0f} s", flush=True)
 
 

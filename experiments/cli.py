@@ -37,13 +37,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("csv", help="results CSV")
     p.add_argument("--x", required=True, help="column for the x axis (unit strings are converted)")
     p.add_argument("--y", required=True, help="column for the y axis")
-    p.add_argument("--hue", default=None, help="column whose values become separate lines")
+    p.add_argument("--hue", default=None, help="column whose values become separate lines (every other grid "
+                                               "input that varies splits lines too)")
+    p.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
+                   help="keep only rows with this value (repeatable), e.g. --where topology.wan[0].links=20")
     p.add_argument("--logx", action="store_true", help="logarithmic x axis")
     p.add_argument("--out", default=None, help="PNG path (default: CSV name with .png)")
     p.set_defaults(handler=_plot)
 
 
 def _report(args: argparse.Namespace) -> int:
+    import sys
+
+    if not args.no_progress:
+        print(f"report: building {args.out} (about 2 minutes on 2 cores) ...", file=sys.stderr, flush=True)
     from experiments.report import build_report
 
     path = build_report(args.out, args.config, tuple(args.runs), tuple(args.measured), not args.no_progress)
@@ -79,5 +86,5 @@ def _plot(args: argparse.Namespace) -> int:
     from experiments.plot import plot_csv
 
     out = args.out or os.path.splitext(args.csv)[0] + ".png"
-    print(plot_csv(args.csv, args.x, args.y, args.hue, out, logx=args.logx))
+    print(plot_csv(args.csv, args.x, args.y, args.hue, out, logx=args.logx, where=args.where))
     return 0

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from typing import Any
 
-from hdc.config import load_yaml, preset_source
+from hdc.config import load_yaml, preset_source, set_in
 from hdc.errors import UserError
 from hdc.topology import PRESET_DIR, topology_from_dict
 from hdc.workload import WORKLOAD_DIR, workload_from_dict
 
 SECTIONS = ("topology", "workload", "strategy", "sim", "faults")
-_INDEX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
 
 
 def _raw(ref: Any, folder: str, kind: str) -> dict:
@@ -57,36 +55,12 @@ def raw_workload(ref: Any) -> dict:
 
 
 def set_path(root: dict, dotted: str, value: Any) -> None:
-    """Set `a.b[2].c` inside nested dicts/lists; errors name the path that does not exist."""
-    parts = dotted.split(".")
-    cur: Any = root
-    for i, part in enumerate(parts):
-        m = _INDEX.match(part)
-        if not m:
-            raise UserError(f"{dotted}: {part!r} is not a key or key[index]")
-        key, idx = m.group(1), [int(x) for x in re.findall(r"\[(\d+)\]", m.group(2))]
-        last = i == len(parts) - 1 and not idx
-        if not isinstance(cur, dict):
-            raise UserError(f"{dotted}: {'.'.join(parts[:i]) or 'root'} is not a mapping")
-        if last:
-            if key == "distance" and "rtt" in cur:
-                cur.pop("rtt")
-            if key == "rtt" and "distance" in cur:
-                cur.pop("distance")
-            cur[key] = value
-            return
-        if key not in cur:
-            if idx:
-                raise UserError(f"{dotted}: no list {key!r} here")
-            cur[key] = {}
-        cur = cur[key]
-        for j, k in enumerate(idx):
-            if not isinstance(cur, list) or k >= len(cur):
-                raise UserError(f"{dotted}: index [{k}] out of range for {key}")
-            if i == len(parts) - 1 and j == len(idx) - 1:
-                cur[k] = value
-                return
-            cur = cur[k]
+    """Set `a.b[2].c` inside nested dicts/lists (hdc.config.set_in); setting a WAN link's
+    distance clears its rtt and the other way round."""
+    holder = set_in(root, dotted, value)
+    other = {"distance": "rtt", "rtt": "distance"}.get(dotted.rsplit(".", 1)[-1])
+    if other and isinstance(holder, dict):
+        holder.pop(other, None)
 
 
 def resolve(config: dict) -> dict:

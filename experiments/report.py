@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -182,6 +183,8 @@ def _write(w: ReportWriter, cfg: ReportConfig, runs, measured, progress: bool) -
     from simulator import SimConstants, calibrate_compute_efficiency
     from hdc.strategies import strategy_from_dict
 
+    _say(progress, f"report: calibrating the simulator on {cfg.baseline_topology} (published MFU "
+                   f"{cfg.published_single_site_mfu:.0%}) ...")
     bar = tqdm(total=1, desc="report: calibrating", disable=not progress, unit="sim")
     eff = calibrate_compute_efficiency(cfg.baseline_topology, cfg.workload, strategy_from_dict(cfg.strategy),
                                        cfg.published_single_site_mfu)
@@ -198,5 +201,12 @@ def _write(w: ReportWriter, cfg: ReportConfig, runs, measured, progress: bool) -
     bar.close()
     from experiments.report_sections import write_sections
 
+    _say(progress, f"report: drawing {len(rows)} simulations and {len(runs)} run(s) into figures and tables ...")
     write_sections(w, cfg, eff, rows, runs, measured, SimConstants(compute_efficiency=eff))
     w.save()
+
+
+def _say(progress: bool, line: str) -> None:
+    """A status line on stderr where the report works without a bar (start-up, figures)."""
+    if progress:
+        print(line, file=sys.stderr, flush=True)

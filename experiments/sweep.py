@@ -8,6 +8,7 @@ Grid file:
     grid:                         # dotted path -> list of values; the product is swept
       topology.wan[0].rtt: [1ms, 21ms, 100ms]
       strategy.name: [flat_ring, hierarchical]
+      # workload: [llama-3-8b, llama-3-70b]   # a bare section sweeps presets (or mappings)
     evaluate: simulate            # or alpha_beta (closed form only)
 
 Every config is validated before anything runs. Rows are appended as they finish, keyed by
@@ -50,8 +51,9 @@ def load_grid(path: str) -> dict:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise UserError(f"{path}: grid.{key}: must be a non-empty list of values")
-        if str(key).split(".", 1)[0] not in SECTIONS or "." not in str(key):
-            raise UserError(f"{path}: grid.{key}: must start with one of {', '.join(s + '.' for s in SECTIONS)}")
+        if str(key).split(".", 1)[0] not in SECTIONS:  # a bare section swaps the whole preset or mapping
+            raise UserError(f"{path}: grid.{key}: must start with one of {', '.join(s + '.' for s in SECTIONS)} "
+                            f"(or be one of them alone, to sweep presets)")
     n = math.prod(len(v) for v in grid.values())
     if n > MAX_GRID_CONFIGS:
         sizes = " × ".join(str(len(v)) for v in grid.values())
@@ -71,8 +73,10 @@ def expand(grid: dict) -> Iterator[tuple[dict, dict]]:
     keys = list(grid["grid"])
     for values in itertools.product(*(grid["grid"][k] for k in keys)):
         inputs = dict(zip(keys, values))
-        config = dict(grid["base"])
-        config["overrides"] = {**(grid["base"].get("overrides") or {}), **inputs}
+        sections = {k: v for k, v in inputs.items() if k in SECTIONS}  # `topology: [a, b]`: presets swept
+        config = {**grid["base"], **sections}
+        config["overrides"] = {**(grid["base"].get("overrides") or {}),
+                               **{k: v for k, v in inputs.items() if k not in SECTIONS}}
         yield config, inputs
 
 

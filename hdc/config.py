@@ -366,24 +366,52 @@ def preset_source(ref: str, folder: str, kind: str) -> str:
     raise UserError(f"{kind} {ref!r}: no such file and no such preset (presets: {', '.join(yaml_names(folder))})")
 
 
+_PATH_PART = re.compile(r"^([A-Za-z_][A-Za-z0-9_\-]*)((?:\[\d+\])*)$")
+
+
+def set_in(root: dict, dotted: str, value: Any) -> Any:
+    """Set `a.b[2].c` inside nested dicts and lists (a missing mapping is created, a missing
+    list item is an error naming the path); returns the dict or list that received `value`."""
+    tokens: list = []
+    for part in dotted.split("."):
+        m = _PATH_PART.match(part)
+        if not m:
+            raise UserError(f"{dotted}: {part!r} is not a key or key[index]")
+        tokens += [m.group(1), *(int(x) for x in re.findall(r"\[(\d+)\]", m.group(2)))]
+
+    def shown(n: int) -> str:  # the path up to token n, as typed
+        return "".join(f"[{t}]" if isinstance(t, int) else f".{t}" for t in tokens[:n]).lstrip(".") or "root"
+
+    cur: Any = root
+    for n, tok in enumerate(tokens):
+        if isinstance(tok, str) and not isinstance(cur, dict):
+            raise UserError(f"{dotted}: {shown(n)} is not a mapping")
+        if isinstance(tok, int) and (not isinstance(cur, list) or tok >= len(cur)):
+            have = f"it has {len(cur)} items" if isinstance(cur, list) else "not a list"
+            raise UserError(f"{dotted}: index [{tok}] out of range for {shown(n)} ({have})")
+        if n == len(tokens) - 1:
+            cur[tok] = value
+            return cur
+        if isinstance(tok, str) and cur.get(tok) is None:
+            if isinstance(tokens[n + 1], int):
+                raise UserError(f"{dotted}: no list {shown(n + 1)} here")
+            cur[tok] = {}
+        cur = cur[tok]
+    return cur
+
+
 def set_dotted(data: dict, assignment: str) -> None:
-    """Apply a `key.sub=value` override (value parsed as YAML) to nested dict `data`."""
+    """Apply a `key.sub=value` or `key[i].sub=value` override (value parsed as YAML) to nested data."""
     if "=" not in assignment:
         raise UserError(f"--set {assignment!r}: expected key=value")
     key, raw = assignment.split("=", 1)
     if not key or any(not p for p in key.split(".")):
         raise UserError(f"--set {assignment!r}: empty key")
     value = yaml_value(raw, f"--set {key}")
-    cur = data
-    parts = key.split(".")
-    for p in parts[:-1]:
-        nxt = cur.get(p)
-        if nxt is None:
-            nxt = cur[p] = {}
-        if not isinstance(nxt, dict):
-            raise UserError(f"--set {key}: {p} is not a mapping")
-        cur = nxt
-    cur[parts[-1]] = value
+    try:
+        set_in(data, key, value)
+    except UserError as e:
+        raise UserError(f"--set {e}") from None
 
 
 def yaml_value(text: str, where: str) -> Any:

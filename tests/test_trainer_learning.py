@@ -34,17 +34,17 @@ def test_warm_start_data_mixes_formats_and_slips(tmp_path):
     assert 0.55 < slipped < 0.65 and len(carrying) > 800
 
 
-def run_smoke(out_dir, seed: int = 0) -> tuple[float, float]:
+def run_smoke(out_dir, seed: int = 0, learning_rate: float = 1e-3, lora=None) -> tuple[float, float]:
     """Mean total reward (accuracy + 0.5 x format) over the first 3 and the last 3 of 12 steps."""
     # Small Qwen2, briefly warm-started: half of its completions wrap the column work in <think>
     # tags (format reward 1), the rest write it untagged (format reward 0). GRPO moves it to the
     # format that pays; completions are up to 30 tokens, so 32 new tokens leave nothing truncated.
     assets = tiny_assets()
-    args = GRPOConfig(output_dir=str(out_dir), learning_rate=1e-3, num_generations=8, per_device_train_batch_size=64,
+    args = GRPOConfig(output_dir=str(out_dir), learning_rate=learning_rate, num_generations=8, per_device_train_batch_size=64,
                       gradient_accumulation_steps=1, max_completion_length=32, max_steps=12, save_steps=100,
                       loss_type="dr_grpo", seed=seed)
     trainer = GRPOTrainer(str(assets.sft_model), ["accuracy", "format"], args,
-                          load_jsonl(str(assets.data / "train.jsonl")))
+                          load_jsonl(str(assets.data / "train.jsonl")), lora=lora)
     trainer.train(progress=False)
     rewards = [row["rewards/total/mean"] for row in read_metrics(out_dir / "metrics.jsonl")]
     return statistics.mean(rewards[:3]), statistics.mean(rewards[-3:])
@@ -53,4 +53,14 @@ def run_smoke(out_dir, seed: int = 0) -> tuple[float, float]:
 def test_grpo_raises_the_mean_reward(tmp_path):
     first, last = run_smoke(tmp_path)
     print(f"mean reward, first 3 steps {first:.3f} -> last 3 steps {last:.3f}")
+    assert last > first + 0.1
+
+
+def test_lora_grpo_raises_the_mean_reward(tmp_path):
+    """LoRA adapters (r 8, about 5% of the weights) learn the same lesson, at LoRA's usual
+    larger learning rate (measured: 0.36 -> 0.77 at 3e-3; 1e-2 overshoots)."""
+    from trainer.lora import LoraSpec
+
+    first, last = run_smoke(tmp_path, learning_rate=3e-3, lora=LoraSpec(r=8, alpha=16))
+    print(f"LoRA: mean reward, first 3 steps {first:.3f} -> last 3 steps {last:.3f}")
     assert last > first + 0.1

@@ -151,3 +151,17 @@ def test_server_weight_sync_matches_the_trainer_and_survives_a_kill(tiny):
         assert max_diff(trainer_logps(model, tok, rep, gen.completion_ids), gen.logprobs) < TOL
     finally:
         stop(proc)
+
+
+def test_colocate_weight_sync_pushes_the_merged_lora_weights(tiny):
+    """A LoRA policy: vLLM gets base + (alpha / r) B A per layer and then scores as the policy."""
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from trainer.lora import LoraSpec, apply_lora
+    from trainer.vllm_backend import VLLMColocateBackend, VLLMConfig
+
+    path, tok, prompts = tiny
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(path), LoraSpec(r=4, alpha=8))
+    backend = VLLMColocateBackend(path, tok, VLLMConfig(), max_prompt_length=64)
+    check_sync(backend, model, tok, prompts)  # perturbs the adapters (B != 0) and the base, then pushes

@@ -2,7 +2,8 @@
 
 Layout of OUT/checkpoints/:
 
-    step-00000042/          model.safetensors + config + tokenizer (save_pretrained),
+    step-00000042/          model.safetensors + config + tokenizer (save_pretrained; a LoRA run:
+                            adapter_model.safetensors + adapter_config.json, the adapters only),
                             optimizer.pt        (or optimizer.rank{r}.pt: one shard per rank, ZeRO-1 or
                                                  FSDP2 with distributed.shard_within_site)
                             scheduler.pt, trainer_state.json,
@@ -38,6 +39,7 @@ from hdc.errors import UserError
 
 PREFIX = "step-"
 MANIFEST = "manifest.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's name: a LoRA run checkpoints its adapters only
 LATEST = "latest_checkpoint"  # in OUT/, next to checkpoints/
 log = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ def validate_checkpoint(path: str | Path, verify_hashes: bool = True) -> Optiona
         return "no manifest.json (the write did not finish)"
     except (ValueError, KeyError, TypeError) as e:
         return f"unreadable manifest.json ({e})"
-    required = {"model.safetensors", "scheduler.pt", "trainer_state.json", "rng.pt"}
+    required = {weights_file(files), "scheduler.pt", "trainer_state.json", "rng.pt"}
     if not required <= set(files):
         return f"manifest lists no {sorted(required - set(files))}"
     for name, meta in files.items():
@@ -270,13 +272,18 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, *, rank: int 
                         f"{'with' if saved_sharded else 'without'} the distributed optimizer; this run has "
                         f"{world_size} {'with' if sharded_optimizer else 'without'} it (optimizer shards differ)")
     refuse_pickled_weights(path)
-    weights = as_model_placement(model, load_file(str(path / "model.safetensors")))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    if unexpected or any(k not in tied and "lm_head" not in k for k in missing):
-        raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    adapters = weights_file(os.listdir(path)) == ADAPTER_WEIGHTS
+    if adapters != hasattr(model, "peft_config"):
+        raise UserError(f"--resume: {path} holds {'LoRA adapters' if adapters else 'full weights'}; set model.lora "
+                        f"as the run that wrote it did")
+    if adapters:  # a LoRA run: the base weights are the model's own
+        from peft import set_peft_model_state_dict
+
+        unexpected = set_peft_model_state_dict(model, load_file(str(path / ADAPTER_WEIGHTS))).unexpected_keys
+        if unexpected:
+            raise RuntimeError(f"checkpoint {path} does not match the model's adapters: unexpected {unexpected}")
+    else:
+        _load_model_weights(path, model)
     if sharded_optimizer:
         shard = path / optimizer_shard_file(rank)
         if not shard.is_file():
@@ -293,6 +300,23 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, *, rank: int 
     return state
 
 
+def weights_file(names) -> str:
+    """The weights a checkpoint holds: peft's adapter file for a LoRA run, else the full model."""
+    return ADAPTER_WEIGHTS if ADAPTER_WEIGHTS in names else "model.safetensors"
+
+
+def _load_model_weights(path: Path, model) -> None:
+    from safetensors.torch import load_file
+
+    weights = as_model_placement(model, load_file(str(path / "model.safetensors")))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or any(k not in tied and "lm_head" not in k for k in missing):
+        raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
 def safe_torch_load(path: str | Path):
     """torch.load(weights_only=True); a file that needs arbitrary pickle is refused with a UserError."""
     import pickle
@@ -305,14 +329,14 @@ def safe_torch_load(path: str | Path):
                         f"data (torch.load weights_only=True failed: {first})") from None
 
 
-PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin", "adapter_model.bin")
 
 
 def refuse_pickled_weights(model_dir: str | Path) -> None:
     """A model directory must hold its weights in safetensors; pickle-based weights are refused."""
     d = Path(model_dir)
     found = [n for n in PICKLE_WEIGHTS if (d / n).exists()]
-    has_safe = (d / "model.safetensors").exists() or (d / "model.safetensors.index.json").exists()
+    has_safe = any((d / n).exists() for n in ("model.safetensors", "model.safetensors.index.json", ADAPTER_WEIGHTS))
     if found or not has_safe:
         what = f"pickle-based weights ({', '.join(found)})" if found else "no model.safetensors"
         raise UserError(f"model.name_or_path: {d} has {what}; only safetensors weights are loaded "

@@ -1,4 +1,5 @@
-"""`hdc` subcommands of the trainer: train, recipe validate/show, make-tiny-model, make-arith-data, sft.
+"""`hdc` subcommands of the trainer: train, recipe validate/show, make-tiny-model, make-arith-data, sft, eval,
+generate.
 
 Registered through the `hdc.commands` entry point; torch and transformers are imported
 inside the handlers so `hdc --help` stays fast. `python -m trainer.cli ...` runs these
@@ -62,7 +63,43 @@ def register(subparsers) -> None:
     s.add_argument("--out", required=True, help="directory for the warm-started model")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="SFTConfig field, e.g. --set max_steps=300")
+    s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.set_defaults(handler=cmd_sft)
+
+    e = subparsers.add_parser("eval", help="Held-out exact match and rewards of a trained model.",
+                              description="Greedy (or sampled) completions of held-out prompts, scored by exact "
+                                          "match against the answer column and by the recipe's rewards (without "
+                                          "a recipe: accuracy and format).")
+    e.add_argument("target", metavar="RECIPE|MODEL", help="a recipe YAML (its model, rewards, columns, eval "
+                                                          "file) or a model folder (OUT/final, a checkpoint)")
+    e.add_argument("--model", default=None, help="with a recipe: evaluate this folder instead of its model")
+    e.add_argument("--data", default=None, help="JSONL with prompt and answer columns (default: the recipe's "
+                                                "data.eval_file)")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set data.answer_column=solution")
+    e.add_argument("--max-samples", type=positive_int("--max-samples"), default=None, help="first N rows only")
+    e.add_argument("--num-generations", type=positive_int("--num-generations"), default=None, metavar="N",
+                   help="N sampled completions per prompt (mean exact match and pass@N) instead of one greedy")
+    e.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=None,
+                   help="tokens per completion (default: the recipe's grpo.max_completion_length, or 256)")
+    e.add_argument("--seed", type=int, default=0, help="sampling seed (with --num-generations)")
+    e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    e.set_defaults(handler=cmd_eval)
+
+    g = subparsers.add_parser("generate", help="Sample completions from a trained model.",
+                              description="Sampled completions of your prompts from a model folder or checkpoint.")
+    g.add_argument("model", metavar="MODEL", help="model folder (OUT/final, a checkpoint, a LoRA adapter folder)")
+    g.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    g.add_argument("-n", "--num", type=positive_int("--num"), default=1, help="completions per prompt")
+    g.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=128)
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--system-prompt", default=None)
+    g.add_argument("--no-chat-template", action="store_true", help="pass prompts as plain text")
+    g.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    g.set_defaults(handler=cmd_generate)
 
 
 def _config(cls, overrides: list[str]):
@@ -129,11 +166,14 @@ def cmd_train(args) -> int:
 
     if is_rank0 and args.overwrite:
         _clear_run(out)
+
+    progress = not args.no_progress and int(os.environ.get("RANK", "0")) == 0  # one bar, rank 0's, for the job
+    quiet_transformers_bars()
     sync = build_grad_sync(recipe)
     if sync.rank == 0:
         write_resolved(recipe, out)
     trainer = build_trainer(recipe, out, grad_sync=sync)
-    result = trainer.train(resume_from_checkpoint=args.resume, progress=not args.no_progress)
+    result = trainer.train(resume_from_checkpoint=args.resume, progress=progress)
     keys = [k for k in ("eval/exact_match_start", "eval/exact_match_end", "eval/format_start", "eval/format_end",
                         "rewards/total/mean", "time/step_s") if k in result]
     if sync.rank == 0:
@@ -179,11 +219,20 @@ def _launch_local_training(args, recipe, overrides: list[str], out: str) -> int:
     n = load_topology(topo_arg).num_gpus
     if args.nproc is not None and args.nproc != n:
         raise UserError(f"--nproc: the topology {topo_arg} has {n} GPUs, one process each; got --nproc {args.nproc}")
-    cmd = [sys.executable, "-m", "hdc.cli", "train", args.recipe, "--out", out, "--no-progress",
+    cmd = [sys.executable, "-m", "hdc.cli", "train", args.recipe, "--out", out,
+           *(["--no-progress"] if args.no_progress else []),  # the other ranks are quiet by themselves
            *[x for o in overrides if not o.startswith("distributed.topology=") for x in ("--set", o)],
            "--set", f"distributed.topology={topo_arg}"] + (["--resume"] if args.resume else [])
     return launch_local(topo_arg, cmd, timeout_s=recipe.distributed.timeout_s,
                         backend=None if recipe.distributed.backend == "auto" else recipe.distributed.backend)
+
+
+def quiet_transformers_bars() -> None:
+    """transformers' own bars ("Loading weights", "Writing model shards" at every checkpoint)
+    off: hdc train and sft show one bar of their own, or none with --no-progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def local_topology(n: int) -> dict:
@@ -218,8 +267,69 @@ def cmd_make_arith_data(args) -> int:
 def cmd_sft(args) -> int:
     from trainer.sft import SFTConfig, sft
 
-    result = sft(args.model, args.data, args.out, _config(SFTConfig, args.overrides))
-    print(f"wrote {args.out} (final loss {result['loss']:.4f}, {result['time_s']:.1f} s)")
+    quiet_transformers_bars()
+    result = sft(args.model, args.data, args.out, _config(SFTConfig, args.overrides), resume=args.resume,
+                 progress=not args.no_progress)
+    resumed = f", resumed at step {result['first_step']}" if args.resume else ""
+    print(f"wrote {args.out} (final loss {result['loss']:.4f}, {result['time_s']:.1f} s{resumed})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from trainer.evaluate import evaluate_model
+
+    kwargs: dict = {"max_new_tokens": args.max_new_tokens or 256}
+    model, data = args.target, args.data
+    if Path(args.target).is_file() or args.target.endswith((".yaml", ".yml")):  # a recipe
+        from trainer.config import load_recipe, recipe_to_dict
+
+        recipe = load_recipe(args.target, args.overrides)
+        d = recipe.data
+        model, data = args.model or recipe.model.name_or_path, args.data or d.eval_file
+        if data is None:
+            raise UserError(f"--data: {args.target} has no data.eval_file; pass --data FILE")
+        kwargs.update(reward_specs=recipe_to_dict(recipe)["rewards"], prompt_column=d.prompt_column,
+                      answer_column=d.answer_column, system_prompt=d.system_prompt,
+                      use_chat_template=d.use_chat_template, temperature=recipe.grpo.temperature,
+                      top_p=recipe.grpo.top_p, max_new_tokens=args.max_new_tokens or recipe.grpo.max_completion_length)
+    elif args.model or args.overrides:
+        raise UserError(f"{'--model' if args.model else '--set'}: only with a recipe; {args.target} is a model")
+    elif data is None:
+        raise UserError("--data: required with a model (a JSONL file with prompt and answer columns)")
+    quiet_transformers_bars()
+    metrics = evaluate_model(model, data, max_samples=args.max_samples, num_generations=args.num_generations,
+                             seed=args.seed, **kwargs)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{model} on {data}:")
+        for k, v in metrics.items():
+            print(f"  {k:<28} {v:.4g}" if isinstance(v, float) else f"  {k:<28} {v}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from trainer.evaluate import generate
+
+    if not args.temperature >= 0:
+        raise UserError(f"--temperature: must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.temperature == 0 and args.num > 1:
+        raise UserError(f"--num: greedy decoding (--temperature 0) gives one completion per prompt, got {args.num}")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p: must be in (0, 1], got {args.top_p}")
+    quiet_transformers_bars()
+    outs = generate(args.model, args.prompt, num=args.num, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, top_p=args.top_p, seed=args.seed, system_prompt=args.system_prompt,
+                    use_chat_template=False if args.no_chat_template else "auto")
+    for prompt, completions in zip(args.prompt, outs):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "completions": completions}))
+            continue
+        print(f"### {prompt}")
+        for i, c in enumerate(completions):
+            print(f"--- [{i}] {c}")
     return 0
 
 

@@ -20,6 +20,7 @@ gradient_accumulation_steps updates (1 with the defaults).
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
@@ -28,6 +29,8 @@ from hdc.config import convert_fields, fail, from_dict, load_yaml, meta, set_dot
 from hdc.errors import UserError
 from hdc.strategies import STRATEGY_NAMES, knobs, strategy_from_dict
 from hdc.sync import GRAD_DTYPES, check_shard_strategy
+from trainer.logs import REPORT_TO
+from trainer.lora import LoraSpec, check_lora_options
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
@@ -45,6 +48,13 @@ def parse_scale_rewards(value: Any) -> str:
     if value in SCALE_REWARDS:
         return value
     raise ValueError(f"must be one of {', '.join(SCALE_REWARDS)} (or true/false), got {value!r}")
+
+
+def parse_chat_template(value: Any) -> bool | str:
+    """data.use_chat_template: true, false or auto."""
+    if value in (True, False, "auto"):
+        return value
+    raise ValueError(f"must be auto, true or false, got {value!r}")
 
 
 @dataclass
@@ -151,6 +161,10 @@ class GRPOConfig:
     log_completions: bool = meta("Write sampled prompt/completion/reward rows to completions.jsonl.",
                                  default=False)
     num_completions_to_print: int = meta("Rows per logged step when log_completions is on.", default=4, ge=1)
+    report_to: list[str] = meta(
+        "Where metrics go: jsonl (metrics.jsonl, what hdc report reads), tensorboard (tb/), wandb (wandb/; "
+        "offline unless WANDB_MODE is set, needs the wandb extra). TRL's option.",
+        default_factory=lambda: ["jsonl", "tensorboard"], choices=REPORT_TO)
     deterministic_rollouts: bool = meta(
         "Sample each prompt's group with its own seed (from seed, step and the prompt's index in the step), so "
         "rollouts do not depend on batching or on the number of processes: data-parallel runs then match a "
@@ -204,6 +218,9 @@ class GRPOConfig:
                        f"must be a multiple of num_generations ({self.num_generations}), got {self.generation_batch_size}")
         if self.sync_ref_model and self.beta == 0.0:
             raise fail(f"{p}sync_ref_model", "needs a reference model: set beta > 0, got beta 0")
+        if "wandb" in self.report_to and importlib.util.find_spec("wandb") is None:
+            raise fail(f"{p}report_to", "wandb is not installed: pip install -e '.[wandb]' (it logs offline, "
+                                        "no account needed), or leave wandb out of report_to")
 
     @property
     def epsilon_low(self) -> float:
@@ -359,6 +376,9 @@ class ModelConfig:
     device: str = meta("Where the model and every tensor of a step live: auto (cuda:LOCAL_RANK when torch sees "
                        "CUDA, else cpu), cpu or cuda (cuda:LOCAL_RANK; an error where there is no CUDA). Reward "
                        "functions and text stay on the host.", default="auto", choices=("auto", "cpu", "cuda"))
+    lora: LoraSpec | None = meta("Train LoRA adapters (peft) instead of every weight, e.g. {r: 16, alpha: 32}; the "
+                                 "reference is the base with adapters disabled, checkpoints hold the adapters, "
+                                 "OUT/final the merged model (None: full fine-tuning).", default=None)
 
 
 @dataclass
@@ -371,7 +391,9 @@ class DataConfig:
     answer_column: str = meta("Column holding the reference answer (used by the accuracy reward and eval).",
                               default="answer")
     system_prompt: str | None = meta("System message put before every string prompt.", default=None)
-    use_chat_template: bool = meta("Format prompts with the tokenizer's chat template.", default=True)
+    use_chat_template: bool | str = meta("Format prompts with the tokenizer's chat template: auto (when the tokenizer "
+                                         "has one; base models often have none), true or false.", default="auto",
+                                         parse=parse_chat_template)
     eval_max_samples: int = meta("Held-out prompts used per evaluation.", default=200, ge=1)
 
 
@@ -408,6 +430,11 @@ class Recipe:
         from trainer.device import check_precision
 
         check_precision(self.grpo.bf16, self.model.dtype)
+        if self.model.lora is not None:
+            check_lora_options(self.grpo)
+            if self.distributed.shard_within_site:
+                raise fail("distributed.shard_within_site", "not with model.lora (FSDP2 over peft's adapters is "
+                                                            "untested; the adapters are small: replicate them)")
         from trainer.rewards import resolve_reward
 
         for i, spec in enumerate(self.rewards):

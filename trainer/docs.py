@@ -17,12 +17,15 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "trainer.md"
 
 def config_table() -> str:
     from trainer.config import Recipe, RewardSpec
+    from trainer.lora import LoraSpec
 
     rows = []
     for row in help_table(Recipe):
         rows.append(row)
         if row[0] == "rewards":  # the list's items, one row per field
             rows.extend(help_table(RewardSpec, "rewards[i]"))
+        if row[0] == "model.lora":  # an optional section: its fields when given
+            rows.extend(help_table(LoraSpec, "model.lora"))
     lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for name, tp, default, text in rows:
         cell = text.replace("|", "\\|")

@@ -25,13 +25,16 @@ from hdc.errors import UserError
 from trainer.algorithm import (TIS, generation_order, group_advantages, grpo_loss, high_entropy_mask, mix_reference,
                                pad_logprobs, reward_moments, std_from_moments, tis_metrics, tis_weights,
                                token_entropy, token_logps)
-from trainer.checkpoint import full_state_dict, latest_checkpoint, load_checkpoint, refuse_pickled_weights, save_checkpoint
+from trainer.checkpoint import latest_checkpoint, load_checkpoint, refuse_pickled_weights, save_checkpoint
 from trainer.config import DataConfig, GRPOConfig
 from trainer.data import PromptSampler, evaluate_exact_match, format_prompt
 from trainer.device import autocast, check_bf16, check_precision, resolve_device, visiting
 from trainer.generation import GenerationBackend, HFGenerationBackend, SamplingParams, encode_prompts
 from trainer.guards import StepGuard
-from trainer.logs import MetricsLogger
+from trainer.logs import MetricsLogger, truncate_logs
+from trainer.lora import (BaseWeightsReference, LoraSpec, apply_lora, check_lora_options, export_state_dict,
+                          save_final_model, trainable_parameters)
+from trainer.models import require_model_dir
 from trainer.rewards import check_reward_columns, resolve_reward, reward_name, score
 from trainer.sync import GradientSync, LocalSync
 
@@ -67,7 +70,7 @@ class GRPOTrainer:
     def __init__(self, model: str | torch.nn.Module, reward_funcs: Any, args: GRPOConfig, train_dataset: Any,
                  eval_dataset: Any = None, processing_class: Any = None, data: DataConfig | None = None,
                  grad_sync: GradientSync | None = None, generation_backend: GenerationBackend | None = None,
-                 dtype: str = "float32", tis: TIS | None = None, device: str = "auto"):
+                 dtype: str = "float32", tis: TIS | None = None, device: str = "auto", lora: LoraSpec | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         args.validate("grpo")  # a GRPOConfig built in Python gets the checks a recipe gets
@@ -82,8 +85,7 @@ class GRPOTrainer:
         random.seed(args.seed)
         torch_dtype = getattr(torch, dtype)
         if isinstance(model, (str, Path)):
-            if not Path(model).is_dir():
-                raise UserError(f"model.name_or_path: no such directory {str(model)!r}")
+            require_model_dir(model, "model.name_or_path")
             refuse_pickled_weights(model)  # safetensors only: a pickle can run code when loaded
             self.model_path = str(model)
             self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype)
@@ -93,13 +95,18 @@ class GRPOTrainer:
             for module in self.model.modules():
                 if isinstance(module, torch.nn.Dropout):
                     module.p = 0.0
+        if lora is not None:  # base weights frozen: the optimizer, the sync and checkpoints see the adapters only
+            check_lora_options(args)
+            self.model = apply_lora(self.model, lora)
         self.tokenizer = processing_class or AutoTokenizer.from_pretrained(self.model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # No reference model at all when beta == 0 (saves its memory and its forward pass). Copied before the
         # model moves, so an offloaded (CPU) reference never occupies the GPU twice.
         self.ref_model, self.ref_home = None, self.device
-        if args.beta != 0.0:
+        if args.beta != 0.0 and lora is not None:
+            self.ref_model = BaseWeightsReference(self.model)
+        elif args.beta != 0.0:
             self.ref_home = torch.device("cpu") if args.ref_offload else self.device
             ref_dtype = getattr(torch, args.ref_dtype) if args.ref_dtype else None
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False).to(self.ref_home, ref_dtype)
@@ -136,7 +143,7 @@ class GRPOTrainer:
         # attach first: the distributed optimizer shards the parameters it sees there
         self.grad_sync.attach(self.model)
         self.optimizer = self.grad_sync.make_optimizer(
-            torch.optim.AdamW, self.model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+            torch.optim.AdamW, trainable_parameters(self.model), lr=args.learning_rate, weight_decay=args.weight_decay,
             betas=(args.adam_beta1, args.adam_beta2))
         self.scheduler = build_scheduler(getattr(self.optimizer, "inner", self.optimizer), args)
         self.tis = tis or TIS()  # applied when the backend returns the sampler's log-probs (vLLM)
@@ -478,13 +485,16 @@ class GRPOTrainer:
             self.sampler.load_state_dict(state["data"])
             self.backend.update_weights(self.model)  # a separate engine must not keep the start weights
         is_main = self.grad_sync.rank == 0
-        self.logger = MetricsLogger(out) if is_main else None
+        resumed_at = self.step if resume_from_checkpoint else None
+        if is_main and resumed_at is not None:
+            truncate_logs(out, resumed_at)  # the steps after the checkpoint are logged again below
+        self.logger = MetricsLogger(out, args.report_to, resumed_at, dataclasses.asdict(args)) if is_main else None
         summary: dict[str, float] = {}
         if self.step == 0 and self.eval_dataset is not None:
             summary.update({f"{k}_start": v for k, v in self.evaluate().items()})
             self._log(0, {k[:-len("_start")]: v for k, v in summary.items()})
-        bar = tqdm(total=args.max_steps, initial=self.step, disable=not (progress and is_main), unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(total=args.max_steps, initial=self.step, disable=not (progress and is_main), desc="train",
+                   unit="step", dynamic_ncols=True)
         last: dict[str, float] = {}
         while self.step < args.max_steps:
             metrics = self.train_step()
@@ -505,10 +515,9 @@ class GRPOTrainer:
             final = self.evaluate()
             self._log(self.step, final)
             summary.update({f"{k}_end": v for k, v in final.items()})
-        weights = full_state_dict(self.model)  # every rank: a sharded model gathers its shards
+        weights = export_state_dict(self.model)  # every rank: a sharded model gathers its shards
         if is_main:
-            self.model.save_pretrained(out / "final", state_dict=weights, safe_serialization=True)
-            self.tokenizer.save_pretrained(out / "final")
+            save_final_model(self.model, self.tokenizer, out / "final", weights)
             self.logger.close()
         return {**last, **summary}
 

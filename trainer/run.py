@@ -45,7 +45,7 @@ def build_trainer(recipe: Recipe, out_dir: str | None = None, grad_sync=None, ge
     trainer = GRPOTrainer(model=recipe.model.name_or_path, reward_funcs=funcs, args=args, train_dataset=train,
                           eval_dataset=evaluation, data=recipe.data, grad_sync=grad_sync,
                           generation_backend=generation_backend, dtype=recipe.model.dtype, tis=tis,
-                          device=recipe.model.device)
+                          device=recipe.model.device, lora=recipe.model.lora)
     if generation_backend is None and vllm:
         from trainer.vllm_backend import make_generation_backend
 
@@ -67,9 +67,9 @@ def check_recipe_inputs(recipe: Recipe) -> None:
     from trainer.data import load_jsonl
     from trainer.rewards import check_reward_columns, resolve_reward
 
-    model = Path(recipe.model.name_or_path)
-    if not model.is_dir():
-        raise UserError(f"model.name_or_path: no such directory {str(model)!r}")
+    from trainer.models import require_model_dir
+
+    model = Path(require_model_dir(recipe.model.name_or_path, "model.name_or_path"))  # says so for a Hub id
     if not (model / "config.json").is_file():
         raise UserError(f"model.name_or_path: {model} has no config.json (save a model with save_pretrained)")
     refuse_pickled_weights(model)

@@ -23,6 +23,7 @@ import torch
 from hdc.errors import UserError
 from trainer.config import VLLMConfig  # noqa: F401 (re-exported)
 from trainer.generation import Generation, SamplingParams, cut_at_eos
+from trainer.models import require_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ def prepare_env(cfg: VLLMConfig | None = None, in_process: bool = True) -> None:
 
 def build_llm(model_dir: str | Path, cfg: VLLMConfig, seed: int = 0, in_process: bool = True):
     """An `LLM` for `model_dir` with the weight-sync worker extension and sampler log-probs."""
-    if not Path(model_dir).is_dir():
-        raise UserError(f"model.name_or_path: no such directory {str(model_dir)!r}")
+    require_model_dir(model_dir, "model.name_or_path")
     prepare_env(cfg, in_process)
     require_vllm()
     from vllm import LLM
@@ -146,11 +146,12 @@ def eos_ids_of(tokenizer) -> set[int]:
 
 def state_dict_items(model: torch.nn.Module, dtype: torch.dtype | None = None) -> list[tuple[str, torch.Tensor]]:
     """(checkpoint name, tensor) pairs of the trainer model, detached, contiguous, optionally cast;
-    a sharded (FSDP2) model's full weights, gathered first (every rank of its site calls this)."""
-    from trainer.checkpoint import full_state_dict
+    a sharded (FSDP2) model's full weights, gathered first (every rank of its site calls this), a
+    LoRA model's merged."""
+    from trainer.lora import export_state_dict
 
     items = []
-    for name, t in full_state_dict(model).items():
+    for name, t in export_state_dict(model).items():  # a LoRA model's adapters merged into their layers
         t = t.detach()
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)

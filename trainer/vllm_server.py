@@ -294,13 +294,13 @@ def register(subparsers) -> None:
 
 
 def cmd_vllm_serve(args) -> int:
+    from trainer.models import require_model_dir
     from trainer.vllm_backend import VLLMConfig
 
     cfg = VLLMConfig(mode="server", tensor_parallel_size=args.tensor_parallel_size, enable_sleep_mode=False,
                      gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
                      kv_cache_space_gib=args.kv_cache_space_gib, server_host=args.host, server_port=args.port)
-    if not Path(args.model).is_dir():
-        raise UserError(f"--model: no such directory {args.model!r}")
+    require_model_dir(args.model, "--model")
     server = GenerationServer(args.model, cfg, seed=args.seed)
     try:
         httpd = make_http_server(server, args.host, args.port)

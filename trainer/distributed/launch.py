@@ -13,7 +13,9 @@ knows its place from RANK and the topology. Both launchers also export:
 """
 from __future__ import annotations
 
+import codecs
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -154,9 +156,15 @@ def launch_local(topology_arg: str, cmd: Sequence[str], *, master_port: Optional
     readers = []
 
     def pump(stream, prefix: str) -> None:
-        for raw in iter(stream.readline, b""):
+        # as it arrives, not line by line: a progress bar redraws its line with \r (tqdm), and each
+        # redrawn line gets the prefix too
+        decode, at_start = codecs.getincrementaldecoder("utf-8")(errors="replace").decode, True
+        for raw in iter(lambda: stream.read1(65536), b""):
             with lock:
-                out.write(prefix + raw.decode(errors="replace"))
+                for piece in re.split(r"(?<=[\r\n])", decode(raw)):
+                    if piece:
+                        out.write(prefix + piece if at_start else piece)
+                        at_start = piece.endswith(("\r", "\n"))
                 out.flush()
         stream.close()
 

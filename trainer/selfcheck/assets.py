@@ -34,5 +34,5 @@ def tiny_assets(sft_steps: int = 150, small: bool = True, num_train: int = 2000)
     make_tiny_model(root / "model", cfg)
     make_arith_data(root / "data", ArithDataConfig(num_train=num_train, num_heldout=200, num_sft=num_train))
     sft(str(root / "model"), str(root / "data" / "sft.jsonl"), str(root / "sft"),
-        SFTConfig(max_steps=sft_steps, learning_rate=2e-3), log=lambda *_: None)
+        SFTConfig(max_steps=sft_steps, learning_rate=2e-3))
     return TinyAssets(root=root, model=root / "model", sft_model=root / "sft", data=root / "data")

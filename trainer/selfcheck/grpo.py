@@ -33,9 +33,14 @@ def grpo_args(out: str, world: int, **kw):
 def build(rank: int, world: int, assets_root: str, out: str, strategy, sites: int, extra: dict,
           shard_within_site: bool = False):
     """The GRPOTrainer of this process (a world of `world`, or alone when world == 1); with
-    `shard_within_site`, FSDP2 shards the model inside each site (HSDPGradientSync)."""
+    `shard_within_site`, FSDP2 shards the model inside each site (HSDPGradientSync); `extra`
+    holds GRPOConfig fields, and `lora` (LoraSpec fields) to train adapters."""
     from trainer.data import load_jsonl
     from trainer.grpo import GRPOTrainer
+    from trainer.lora import LoraSpec
+
+    extra = dict(extra)
+    lora = extra.pop("lora", None)
 
     sync = None
     if world > 1:
@@ -52,7 +57,7 @@ def build(rank: int, world: int, assets_root: str, out: str, strategy, sites: in
     # length varies within every group, so every step has a gradient (accuracy alone may be all-equal)
     return GRPOTrainer(model=str(root / "sft"), reward_funcs=["accuracy", "format", "length"],
                        args=grpo_args(out, world, **extra), train_dataset=load_jsonl(str(root / "data" / "train.jsonl")),
-                       grad_sync=sync)
+                       grad_sync=sync, lora=None if lora is None else LoraSpec(**lora))
 
 
 def run(rank: int, world: int, assets_root: str, out: str, strategy, sites: int, extra: dict,
@@ -81,14 +86,17 @@ def run(rank: int, world: int, assets_root: str, out: str, strategy, sites: int,
     # numpy, not tensors: torch would pass tensors through shared memory that dies with the process
     from transformers import AutoModelForCausalLM
 
-    from trainer.checkpoint import full_state_dict
+    from trainer.lora import export_state_dict
 
-    weights = {k: v.detach().numpy().copy() for k, v in full_state_dict(trainer.model).items()}
+    weights = {k: v.detach().numpy().copy() for k, v in export_state_dict(trainer.model).items()}
     start = {k: v.numpy() for k, v in AutoModelForCausalLM.from_pretrained(trainer.model_path).state_dict().items()}
     moved = max(float(abs(weights[k] - start[k]).max()) for k in start)
     return {"losses": losses, "weights": weights if rank == 0 else None, "divergence": divergence, "moved": moved,
             "rewards": rewards, "wan_param_bytes": wan_bytes, "wan_param_bytes_plan": wan_plan,
-            "wan_grad_bytes": wan_grad}
+            "wan_grad_bytes": wan_grad, "plan_numel": None if plans is None else plans.plan.numel,
+            "trainable_numel": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+            "optimizer_state_bytes": sum(v.numel() * v.element_size() for st in trainer.optimizer.state.values()
+                                         for k, v in st.items() if torch.is_tensor(v) and k != "step")}
 
 
 def differences(reference: dict, results: list[dict]) -> list[str]:
