@@ -19,11 +19,14 @@ def load_jsonl(path: str, field_path: str = "data.train_file"):
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity_error()  # a malformed file is our one-line error below, not its log too
-    try:
+    verbosity = datasets.utils.logging.get_verbosity()
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)  # a malformed file is our
+    try:                                                                    # one-line error below, not its log too
         return datasets.load_dataset("json", data_files=str(path), split="train")
     except Exception as e:  # a malformed file is the user's to fix
         raise UserError(f"{field_path}: cannot read {path!r} as JSONL ({type(e).__name__}: {e})") from None
+    finally:
+        datasets.utils.logging.set_verbosity(verbosity)
 
 
 def format_prompt(tokenizer, prompt: Any, system_prompt: str | None = None,
