@@ -1,6 +1,8 @@
 """One plan for both executors: the simulator's step model and the trainer's DistGradientSync
 take their data-parallel plan from hdc.sync.sync_plans, so for every registered strategy on
 every preset they receive the same plan, step for step and byte for byte."""
+import math
+
 import pytest
 import torch
 
@@ -35,8 +37,9 @@ def cases():
     small data-parallel one on the tiny presets."""
     for topo_name in preset_names():
         topo = load_topology(topo_name)
-        if topo.num_gpus < 64:
-            w = dict(TINY, parallel={**TINY["parallel"], "dp": topo.num_gpus})
+        if topo.num_gpus <= 64:
+            w = dict(TINY, parallel={**TINY["parallel"], "dp": topo.num_gpus,
+                                     "global_batch_size": 24 * topo.num_gpus // math.gcd(24, topo.num_gpus)})
             yield topo_name, workload_from_dict(w)
             continue
         w = load_workload("nemotron-4-340b")

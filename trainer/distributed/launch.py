@@ -156,15 +156,19 @@ def launch_local(topology_arg: str, cmd: Sequence[str], *, master_port: Optional
     readers = []
 
     def pump(stream, prefix: str) -> None:
-        # as it arrives, not line by line: a progress bar redraws its line with \r (tqdm), and each
-        # redrawn line gets the prefix too
-        decode, at_start = codecs.getincrementaldecoder("utf-8")(errors="replace").decode, True
+        # each line, and each redraw of a progress bar (tqdm ends them with \r, not \n), as soon as it
+        # is complete, with the rank's prefix; an incomplete tail waits for its end, so two ranks'
+        # output never mixes on one line
+        decode, tail = codecs.getincrementaldecoder("utf-8")(errors="replace").decode, ""
         for raw in iter(lambda: stream.read1(65536), b""):
+            *done, tail = re.split(r"(?<=[\r\n])", tail + decode(raw))
             with lock:
-                for piece in re.split(r"(?<=[\r\n])", decode(raw)):
-                    if piece:
-                        out.write(prefix + piece if at_start else piece)
-                        at_start = piece.endswith(("\r", "\n"))
+                for piece in done:
+                    out.write(piece if piece == "\r" else prefix + piece)
+                out.flush()
+        if tail:
+            with lock:
+                out.write(prefix + tail)
                 out.flush()
         stream.close()
 
