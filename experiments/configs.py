@@ -16,7 +16,7 @@ from hdc.errors import UserError
 from hdc.topology import PRESET_DIR, topology_from_dict
 from hdc.workload import WORKLOAD_DIR, workload_from_dict
 
-SECTIONS = ("topology", "workload", "strategy", "sim", "faults")
+SECTIONS = ("topology", "workload", "strategy", "sim", "faults", "placement")
 
 
 def _raw(ref: Any, folder: str, kind: str) -> dict:
@@ -50,8 +50,11 @@ def raw_topology(ref: Any) -> dict:
     return _raw(ref, PRESET_DIR, "topology")
 
 
-def raw_workload(ref: Any) -> dict:
-    return _raw(ref, WORKLOAD_DIR, "workload")
+def raw_workload(ref: Any, rl: bool = False) -> dict:
+    """A workload section; `rl`: an RL workload (presets in workloads/rl/, simulator.rl)."""
+    from simulator.rl import RL_WORKLOAD_DIR
+
+    return _raw(ref, RL_WORKLOAD_DIR if rl else WORKLOAD_DIR, "RL workload" if rl else "workload")
 
 
 def set_path(root: dict, dotted: str, value: Any) -> None:
@@ -63,19 +66,28 @@ def set_path(root: dict, dotted: str, value: Any) -> None:
         holder.pop(other, None)
 
 
-def resolve(config: dict) -> dict:
-    """Apply a config's `overrides` to its sections and validate them; returns the parts."""
+def resolve(config: dict, evaluate: str = "simulate") -> dict:
+    """Apply a config's `overrides` to its sections and validate them; returns the parts. With
+    evaluate `simulate_rl` the workload is an RL workload and `placement` says where rollouts run."""
     from hdc.strategies import strategy_from_dict
+
+    rl = evaluate == "simulate_rl"
 
     unknown = set(config) - set(SECTIONS) - {"overrides"}
     if unknown:
         raise UserError(f"{sorted(unknown)[0]}: unknown key; allowed: {', '.join(SECTIONS)}, overrides")
+    given = set(config) | {str(k).split(".", 1)[0] for k in config.get("overrides") or {}}
+    if rl and "faults" in given:
+        raise UserError("faults: not modelled by evaluate simulate_rl; leave the section out")
+    if not rl and "placement" in given:
+        raise UserError("placement: only for evaluate simulate_rl (where a GRPO step's rollouts run)")
     data = {
         "topology": raw_topology(config.get("topology", "nemotron-2dc")),
-        "workload": raw_workload(config.get("workload", "nemotron-4-340b")),
+        "workload": raw_workload(config.get("workload", "deepscaler-1.5b" if rl else "nemotron-4-340b"), rl),
         "strategy": copy.deepcopy(config.get("strategy", {"name": "hierarchical"})),
         "sim": copy.deepcopy(config.get("sim", {}) or {}),
         "faults": copy.deepcopy(config.get("faults", {}) or {}),
+        "placement": copy.deepcopy(config.get("placement", {}) or {}),
     }
     if isinstance(data["strategy"], str):
         data["strategy"] = {"name": data["strategy"]}
@@ -91,7 +103,12 @@ def resolve(config: dict) -> dict:
     except UserError as e:
         raise UserError(f"topology: {e}") from None
     try:
-        workload = workload_from_dict(data["workload"])
+        if rl:
+            from simulator.rl import rl_workload_from_dict
+
+            workload = rl_workload_from_dict(data["workload"])
+        else:
+            workload = workload_from_dict(data["workload"])
     except UserError as e:
         raise UserError(f"workload: {e}") from None
     if not isinstance(data["sim"], dict):
@@ -106,4 +123,11 @@ def resolve(config: dict) -> dict:
         from simulator.faults import Faults
 
         faults = from_dict(Faults, data["faults"], "faults")
-    return {"topology": topology, "workload": workload, "strategy": strategy, "sim": data["sim"], "faults": faults}
+    placement = None
+    if rl:
+        from hdc.config import from_dict
+        from simulator.rl import RLPlacement
+
+        placement = from_dict(RLPlacement, data["placement"], "placement")
+    return {"topology": topology, "workload": workload, "strategy": strategy, "sim": data["sim"], "faults": faults,
+            "placement": placement}

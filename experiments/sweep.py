@@ -9,7 +9,8 @@ Grid file:
       topology.wan[0].rtt: [1ms, 21ms, 100ms]
       strategy.name: [flat_ring, hierarchical]
       # workload: [llama-3-8b, llama-3-70b]   # a bare section sweeps presets (or mappings)
-    evaluate: simulate            # or alpha_beta (closed form only)
+    evaluate: simulate            # or alpha_beta (closed form only), or simulate_rl (a GRPO
+                                  # step: an RL workload and a `placement` section)
 
 Every config is validated before anything runs. Rows are appended as they finish, keyed by
 `config_id` (a hash of the config), so an interrupted sweep resumes where it stopped.
@@ -32,7 +33,7 @@ from hdc.errors import UserError
 from hdc.outputs import check_output_file
 from experiments.configs import SECTIONS, resolve
 
-EVALUATORS = ("simulate", "alpha_beta")
+EVALUATORS = ("simulate", "alpha_beta", "simulate_rl")
 # The largest grid one sweep takes: 1,000 configs of Llama-3-70B on 3,072 GPUs simulate in 31 s
 # on 2 cores, so 10,000 is minutes; a larger grid is a typo (or several sweeps).
 MAX_GRID_CONFIGS = 10_000
@@ -100,7 +101,13 @@ def evaluate_config(config: dict, evaluate: str, cache=None) -> dict[str, Any]:
     from simulator.cache import DEFAULT
 
     cache = cache or DEFAULT
-    parts = resolve(config)
+    parts = resolve(config, evaluate)
+    if evaluate == "simulate_rl":
+        from experiments.evaluate import constants_from
+        from simulator.rl import simulate_rl
+
+        return simulate_rl(parts["topology"], parts["workload"], parts["placement"], parts["strategy"],
+                           constants_from(parts["sim"])).row()
     if evaluate == "alpha_beta":
         from hdc import cost
         from hdc.placement import place
@@ -135,7 +142,7 @@ def run_sweep(grid: dict, out_csv: str, jobs: int = 1, executor: str = "local",
     points = list(expand(grid))
     # validate everything before any work or output (about 3 ms a config: a bar for large grids)
     for config, _ in tqdm(points, desc="sweep: checking configs", unit="cfg", disable=not progress or len(points) < 1000):
-        resolve(config)
+        resolve(config, grid["evaluate"])
     done = rows_done(out_csv, gid, repair=True)
     todo = [(config_id(c, grid["evaluate"]), c, inputs) for c, inputs in points]
     todo = [t for t in todo if t[0] not in done]

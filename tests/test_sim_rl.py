@@ -232,3 +232,37 @@ def test_a_row_holds_every_phase_flat():
     row = r.row()
     assert row["step_time_s"] == r.step_time_s and row["push_s"] == r.phases_s["push"]
     assert all(isinstance(v, (int, float, str)) for v in row.values())
+
+
+def test_a_sweep_varies_placement_and_wan_for_simulate_rl(tmp_path, capsys):
+    import csv
+
+    import yaml
+
+    grid = {"base": {"topology": "rl-2dc", "workload": "deepscaler-1.5b", "strategy": "hierarchical"},
+            "grid": {"placement": [{"kind": "colocated"}, {"kind": "async", "generator_sites": ["dc-b"]}],
+                     "topology.wan[0].bandwidth": ["1Gbps", "100Gbps"]},
+            "evaluate": "simulate_rl"}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "rl.csv"
+    assert main(["sweep", "--grid", str(path), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 4 and {"step_time_s", "generate_s", "push_s", "staleness_steps"} <= set(rows[0])
+    from dataclasses import replace
+
+    from hdc.topology import load_topology
+
+    topo = load_topology("rl-2dc")  # the row equals the API's answer for the same inputs
+    slow = replace(topo, wan=[replace(topo.wan[0], bandwidth_Bps=1e9 / 8)])
+    want = simulate_rl(slow, "deepscaler-1.5b", placement(kind="async", generator_sites=["dc-b"]), "hierarchical")
+    got = [r for r in rows if r["topology.wan[0].bandwidth"] == "1Gbps" and r["staleness_steps"] == "1"]
+    assert len(got) == 1 and float(got[0]["step_time_s"]) == pytest.approx(want.step_time_s, rel=1e-9)
+    # a placement section outside simulate_rl, and faults inside it, are refused before any work
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**grid, "evaluate": "simulate"}))
+    assert main(["sweep", "--grid", str(bad), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "placement: only for evaluate simulate_rl" in capsys.readouterr().err
+    bad.write_text(yaml.safe_dump({**grid, "base": {**grid["base"], "faults": {"slow_gpu_factor": 2}}}))
+    assert main(["sweep", "--grid", str(bad), "--out", str(tmp_path / "y.csv")]) == 2
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()
