@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from contextlib import contextmanager
 
 from hdc.errors import UserError
 
@@ -73,6 +76,23 @@ def strategy_from_args(args: argparse.Namespace):
     return strategy_from_dict({"name": args.strategy, **strategy_knobs(args)})
 
 
+LARGE_GPUS = 65_536  # from here on a command says what it is doing (2^20 GPUs take minutes)
+
+
+@contextmanager
+def announce_large(command: str, topology, what: str):
+    """On a topology of LARGE_GPUS or more, one line on stderr before `what` starts and one with
+    its time when it ends: minutes of silence otherwise."""
+    if topology.num_gpus < LARGE_GPUS:
+        yield
+        return
+    print(f"{command}: {topology.num_gpus:,} GPUs in {len(topology.sites)} site(s): {what} "
+          f"(large topologies take minutes) ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"{command}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+
+
 def positive_int(flag: str, most: int | None = None):
     """An argparse type: an integer >= 1 (and <= `most`); the message names what is allowed."""
     allowed = "an integer >= 1" + (f" and <= {most}" if most is not None else "")
@@ -138,10 +158,11 @@ def _plan(args: argparse.Namespace) -> int:
     groups = None
     if args.workload:
         groups = place(topo, load_workload(args.workload).parallel).dp_groups()
-    plan = strategy_from_args(args).plan(topo, groups, size // args.element_size, args.element_size)
-    times = {s.id: cost.step_time_s(topo, plan, s) for s in plan.steps}
-    total = cost.plan_time_s(topo, plan)
-    wan_total, wan_rank = cost.wan_bytes(topo, plan)
+    with announce_large("plan", topo, "building the plan and its alpha-beta costs"):
+        plan = strategy_from_args(args).plan(topo, groups, size // args.element_size, args.element_size)
+        times = {s.id: cost.step_time_s(topo, plan, s) for s in plan.steps}
+        total = cost.plan_time_s(topo, plan)
+        wan_total, wan_rank = cost.wan_bytes(topo, plan)
     if args.json:
         out = plan.to_dict()
         for s in out["steps"]:

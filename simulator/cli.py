@@ -4,9 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-
-LARGE_GPUS = 65_536  # from here on `hdc simulate` says what it is doing (a 2^20-GPU step takes minutes)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,7 +100,7 @@ def _write_json(path: str, data) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from hdc.commands import strategy_from_args
+    from hdc.commands import announce_large, strategy_from_args
     from hdc.errors import UserError
     from hdc.topology import load_topology
     from hdc.workload import load_workload
@@ -123,21 +120,15 @@ def _simulate(args: argparse.Namespace) -> int:
         one = topo if len(topo.sites) == 1 else single_site(topo)
         constants = constants.with_(compute_efficiency=calibrate_compute_efficiency(
             one, work, strategy, args.calibrate_mfu, constants))
-    large = topo.num_gpus >= LARGE_GPUS
-    if large:  # minutes without output otherwise
-        parts = "one step" + ("" if args.no_baseline or len(topo.sites) == 1 else " and its single-site baseline")
-        print(f"simulate: {topo.num_gpus:,} GPUs in {len(topo.sites)} site(s): simulating {parts} "
-              f"(large topologies take minutes) ...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    result = simulate(topo, work, strategy, constants, baseline=not args.no_baseline,
-                      timeline=args.timeline is not None, faults=faults)
+    parts = "one step" + ("" if args.no_baseline or len(topo.sites) == 1 else " and its single-site baseline")
+    with announce_large("simulate", topo, f"simulating {parts}"):
+        result = simulate(topo, work, strategy, constants, baseline=not args.no_baseline,
+                          timeline=args.timeline is not None, faults=faults)
     warning = result.fit_warning()
     if warning and args.require_fit:
         raise UserError(f"--require-fit: {warning.removeprefix('warning: ')}")
     if warning:
         print(warning, file=sys.stderr)
-    if large:
-        print(f"simulate: done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     if args.calibrate_mfu is not None:
         result.assumptions.insert(0, f"compute efficiency calibrated so the same GPUs in one site reach "
                                      f"MFU {args.calibrate_mfu:.1%}")

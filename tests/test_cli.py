@@ -76,3 +76,14 @@ def test_bad_topology_file_names_the_field(tmp_path, capsys):
 def test_installed_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "hdc.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "topology" in out.stdout
+
+
+def test_a_large_topology_says_what_it_is_doing(tmp_path, capsys):
+    """From 65,536 GPUs on, hdc plan (and hdc simulate) print a line before the long work and its time after."""
+    path = tmp_path / "big.yaml"
+    path.write_text("name: big\nsite_defaults: {nodes: 4096, gpus_per_node: 8, intra_node: {latency: 3us, "
+                    "bandwidth: 450GB/s}, intra_pod: {latency: 5us, bandwidth: 400Gbps}}\n"
+                    "sites: [{name: a}, {name: b}]\nwan: [{sites: [a, b], rtt: 10ms, bandwidth: 400Gbps}]\n")
+    assert main(["plan", "--topology", str(path), "--strategy", "hierarchical", "--size", "64MiB"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("plan: 65,536 GPUs in 2 site(s): building the plan") and err[1].startswith("plan: done in")
