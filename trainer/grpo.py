@@ -31,6 +31,7 @@ from trainer.data import PromptSampler, evaluate_exact_match, format_prompt
 from trainer.device import autocast, check_bf16, check_precision, resolve_device, visiting
 from trainer.generation import GenerationBackend, HFGenerationBackend, SamplingParams, encode_prompts
 from trainer.logs import MetricsLogger
+from trainer.passes import completion_logits
 from trainer.rewards import resolve_reward, reward_name, score
 from trainer.sync import GradientSync, LocalSync
 
@@ -410,13 +411,27 @@ class GRPOTrainer:
 
     def _logps(self, model, batch: dict, with_entropy: bool = False):
         """Per-token log-probs of the completion tokens (and their entropies) under `model`: the forward
-        under bf16 autocast when grpo.bf16 (its backward then runs in the same dtypes), log-probs in fp32."""
+        under bf16 autocast when grpo.bf16 (its backward then runs in the same dtypes), log-probs in fp32;
+        all-padding columns dropped and each distinct prompt run once (trainer/passes.py), 0 on dropped
+        columns."""
         n = batch["completion_ids"].shape[1]
         with autocast(self.device, self.args.bf16):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           logits_to_keep=n + 1, use_cache=False).logits[:, :-1]
-        logps = token_logps(logits, batch["completion_ids"], self.args.temperature)
-        return logps, (token_entropy(logits, self.args.temperature) if with_entropy else None)
+            logits, kept = completion_logits(model, batch["input_ids"], batch["attention_mask"], n,
+                                             share_prefix=self._share_prefix(model), trim=self.args.trim_padding)
+        logps = token_logps(logits, batch["completion_ids"][:, :kept], self.args.temperature)
+        entropy = token_entropy(logits, self.args.temperature) if with_entropy else None
+        if kept < n:
+            logps = torch.nn.functional.pad(logps, (0, n - kept))
+            entropy = None if entropy is None else torch.nn.functional.pad(entropy, (0, n - kept))
+        return logps, entropy
+
+    def _share_prefix(self, model) -> bool:
+        """Prompt KV caches shared by a group's completions: not under gradient checkpointing (transformers
+        turns the cache off there) nor on an FSDP2-sharded model (one forward per micro-batch there)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        return (self.args.share_prompt_prefix and not (model.training and self.args.gradient_checkpointing)
+                and not isinstance(model, FSDPModule))
 
     def evaluate(self) -> dict[str, float]:
         if self.eval_dataset is None:
