@@ -22,7 +22,7 @@ How it measures:
   above the threads used, or other processes using more than 0.25 of a core, no ratio is printed.
 
     python benchmarks/grpo_step.py [--steps 8] [--warmup 3] [--threads 2] [--no-trl] [--shape tiny]
-        [--device cpu|cuda] [--bf16] [--gradient-checkpointing] [--set grpo_field=value ...]
+        [--device cpu|cuda] [--bf16] [--gradient-checkpointing] [--set grpo_field=value ...] [--ablation]
 """
 from __future__ import annotations
 
@@ -131,6 +131,37 @@ def spread(xs: list[float]) -> tuple[float, float, float]:
     return min(xs), statistics.median(xs), max(xs)
 
 
+SPEEDUPS = ("trim_padding", "share_prompt_prefix", "fast_generation")
+
+
+def ablation(model: Path, train: Path, root: Path, opts, same: dict) -> None:
+    """Each speed-up alone against the plain path (all off), and all together: one hdc trainer per
+    variant in this process, stepping in turn, warm-up left out; medians per phase."""
+    variants = {"plain": {s: False for s in SPEEDUPS}, **{f"+{s}": {t: t == s for t in SPEEDUPS} for s in SPEEDUPS},
+                "all": {s: True for s in SPEEDUPS}}
+    trainers = {name: hdc_trainer(model, train, root / name.strip("+"), opts.steps, overrides=v, **same)
+                for name, v in variants.items()}
+    torch.set_num_threads(opts.threads)
+    rows: dict[str, list[dict]] = {name: [] for name in trainers}
+    load_before = loadavg()
+    busy0, own0 = cpu_seconds()
+    wall0 = time.perf_counter()
+    for _ in range(opts.steps):
+        for name, trainer in trainers.items():
+            rows[name].append(hdc_step(trainer))
+    wall = time.perf_counter() - wall0
+    busy1, own1 = cpu_seconds()
+    others = max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+    print(f"\nhdc speed-ups in isolation, model {opts.shape}, {opts.threads} threads, median of "
+          f"{opts.steps - opts.warmup} steps after {opts.warmup} warm-up steps, variants stepping in turn")
+    print(f"load before: {load_before}\nload after:  {loadavg()}\nother processes used {others:.2f} cores")
+    keys = ("step_s",) + PHASES
+    med = {name: {k: statistics.median(r[k] for r in rs[opts.warmup:]) for k in keys} for name, rs in rows.items()}
+    print(f"{'variant':<22}" + "".join(f"{k.split('/')[-1]:>16}" for k in keys))
+    for name, m in med.items():
+        print(f"{name:<22}" + "".join(f"{m[k]:>8.3f} ({med['plain'][k] / m[k]:.2f}x)" for k in keys))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="steps per trainer, warm-up included")
@@ -143,6 +174,8 @@ def main() -> None:
     parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     parser.add_argument("--trl-generation", default="generate", choices=("generate", "static", "continuous"),
                         help="TRL's generation path: model.generate, with a static KV cache, or continuous batching")
+    parser.add_argument("--ablation", action="store_true",
+                        help="hdc only: each speed-up alone against the plain path, and all together")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="an hdc GRPOConfig field (YAML value), e.g. --set fast_logps=false for the baseline")
     opts = parser.parse_args()
@@ -155,6 +188,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
     model, train = setup(root, opts.shape)
     same = dict(device=opts.device, bf16=opts.bf16, checkpointing=opts.gradient_checkpointing)
+    if opts.ablation:
+        return ablation(model, train, root, opts, same)
     ours = hdc_trainer(model, train, root / "ours", opts.steps, overrides=overrides, **same)
     torch.set_num_threads(opts.threads)  # the trainer sets its own when asked; both run on these
     trl_version = None

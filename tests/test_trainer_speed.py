@@ -106,3 +106,35 @@ def test_a_fixed_batchs_losses_match_the_plain_path(tmp_path, speedup):
     assert torch.allclose(ent_a[mask], ent_b[mask], atol=1e-5)
     for a, b in zip(g_a, g_b):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(max_new_tokens=32, temperature=0.0),
+    SamplingParams(max_new_tokens=32, temperature=1.0),
+    SamplingParams(max_new_tokens=32, temperature=0.7, top_p=0.9, top_k=20, repetition_penalty=1.3),
+    SamplingParams(max_new_tokens=32, temperature=1.2, min_p=0.05),
+], ids=["greedy", "t1", "processed", "min_p"])
+def test_the_shared_prefill_loop_samples_generates_tokens(model_and_tokenizer, params):
+    """Prompts of different lengths (left padding), 4 sampled completions each, the same seed: the same tokens,
+    EOS cuts and truncation as transformers' generate."""
+    model, tok = model_and_tokenizer
+    prompts = [format_prompt(tok, p) for p in ("1+2", "345+678", "12+9")]
+    n = 4 if params.temperature > 0 else 1  # generate refuses several greedy completions
+    out = {}
+    for shared in (False, True):
+        torch.manual_seed(7)
+        out[shared] = HFGenerationBackend(model, tok, shared_prefill=shared).generate(prompts, n, params)
+    assert out[True].completion_ids == out[False].completion_ids
+    assert out[True].truncated == out[False].truncated
+    assert any(not t for t in out[True].truncated), "some completions stop at EOS"
+
+
+def test_the_trainer_samples_the_same_rollouts_with_fast_generation(tmp_path):
+    plain = trainer_with(tmp_path / "plain", fast_generation=False)
+    fast = trainer_with(tmp_path / "fast", fast_generation=True)
+    gens = []
+    for trainer in (plain, fast):
+        _, _, texts = trainer._sample_prompts()
+        torch.manual_seed(3)
+        gens.append(trainer._generate(texts))
+    assert gens[0].completion_ids == gens[1].completion_ids and gens[0].texts == gens[1].texts

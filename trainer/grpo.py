@@ -127,7 +127,7 @@ class GRPOTrainer:
         self.updates_per_generation = args.updates_per_generation(world)
         self.sampler = PromptSampler(len(train_dataset), args.seed, shuffle=args.shuffle_dataset)
         self.backend = generation_backend or HFGenerationBackend(self.model, self.tokenizer, args.max_prompt_length,
-                                                                 bf16=args.bf16)
+                                                                 bf16=args.bf16, shared_prefill=args.fast_generation)
         self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p, top_k=args.top_k,
                                        min_p=args.min_p, repetition_penalty=args.repetition_penalty)
 
