@@ -166,13 +166,15 @@ class GRPOTrainer:
             use_tis = self.tis.level != "none" and getattr(gen, "logprobs", None) is not None
             if use_tis:  # the sampler's own log-probs, for truncated importance sampling
                 batch["sampler_logps"] = pad_logprobs(gen.logprobs, batch["completion_ids"].shape[1]).to(self.device)
-            # 6. Behaviour log-probs (only when a batch is reused) and reference log-probs (beta > 0).
-            with self._timed(m, "time/reference_s"):
-                batch["old_logps"], batch["ref_logps"] = self._old_and_ref_logps(batch)
             batch["advantages"] = advantages
             # Shuffled before it is cut into micro-batches, as TRL does (seeded: a resumed run cuts it alike).
             order = generation_order(len(advantages), self.args.seed, self.step)
-            batch = {k: v[order] for k, v in batch.items() if v is not None}
+            batch = {k: v[order] for k, v in batch.items()}
+            # 6. Behaviour log-probs (only when a batch is reused) and reference log-probs (beta > 0), on the
+            #    micro-batches the update will see.
+            with self._timed(m, "time/reference_s"):
+                batch["old_logps"], batch["ref_logps"] = self._old_and_ref_logps(batch)
+            batch = {k: v for k, v in batch.items() if v is not None}
             # 7. Policy updates: num_iterations passes over the steps_per_generation micro-batches, an
             #    optimizer update (sync, step) after every gradient_accumulation_steps of them.
             stamps = self._update(batch, use_tis, m)
@@ -232,12 +234,17 @@ class GRPOTrainer:
         return group_advantages(rewards, args.num_generations, args.scale_rewards, batch_std).to(self.device)
 
     def _old_and_ref_logps(self, batch: dict):
+        """Behaviour and reference log-probs, micro-batch by micro-batch (the update's rows together, so a
+        policy still equal to the reference gets exactly its log-probs, and the peak memory of one)."""
+        size = self.args.per_device_train_batch_size
+        chunks = [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, len(batch["advantages"]), size)]
         with torch.no_grad():
-            old = self._logps(self.model, batch)[0] if self.updates_per_generation > 1 else None
+            old = (torch.cat([self._logps(self.model, mb)[0] for mb in chunks])
+                   if self.updates_per_generation > 1 else None)
             ref = None
             if self.ref_model is not None:  # on the model's device for this pass only when offloaded
                 with visiting(self.ref_model, self.device, self.ref_home) as model:
-                    ref = self._logps(model, batch)[0]
+                    ref = torch.cat([self._logps(model, mb)[0] for mb in chunks])
         return old, ref
 
     def _update(self, batch: dict, use_tis: bool, m: dict) -> list[tuple[float, float]]:
