@@ -59,7 +59,8 @@ def cut_at_eos(rows: list[list[int]], eos_ids: set[int]) -> tuple[list[list[int]
 
 
 class HFGenerationBackend:
-    """Sampling with `model.generate` on the training model itself (left padding, stop at EOS)."""
+    """Sampling on the training model itself (left padding, stop at EOS): with `model.generate`, or with
+    `sample_shared_prefill` (grpo.fast_generation), which samples the same tokens without redone work."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, max_prompt_length: int | None = None, bf16: bool = False,
                  shared_prefill: bool = False):
