@@ -29,12 +29,6 @@ def padding_columns(attention_mask: torch.Tensor, n: int) -> tuple[int, int]:
     return left, kept
 
 
-def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, inverse): the distinct rows of x and, for each row of x, the index of its distinct row."""
-    rows, inverse = torch.unique(x, dim=0, return_inverse=True)
-    return rows, inverse
-
-
 def completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, *,
                       share_prefix: bool, trim: bool) -> tuple[torch.Tensor, int]:
     """Logits predicting each completion token, (B, kept, V), and kept (columns kept.. are all padding;
@@ -50,7 +44,8 @@ def completion_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention
     if not share_prefix:
         return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=kept,
                      use_cache=False).logits, kept
-    prompts, inverse = distinct_rows(torch.cat([ids[:, :width], mask[:, :width]], dim=1))
+    # the distinct (prompt, mask) rows, and for each row the index of its own
+    prompts, inverse = torch.unique(torch.cat([ids[:, :width], mask[:, :width]], dim=1), dim=0, return_inverse=True)
     out = model(input_ids=prompts[:, :width], attention_mask=prompts[:, width:], position_ids=positions[:, :width],
                 use_cache=True, logits_to_keep=1)
     first = out.logits[inverse]  # the last prompt position predicts completion token 0: (B, 1, V)
