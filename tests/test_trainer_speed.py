@@ -4,7 +4,6 @@ padding trimmed, prompts shared by their group's completions, hdc's own sampling
 Real parts throughout: the tiny local Qwen2 (trainer/selfcheck/assets.py), a real GRPOTrainer,
 real transformers generate as the reference the sampling loop must reproduce.
 """
-import dataclasses
 
 import pytest
 import torch
