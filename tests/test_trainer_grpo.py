@@ -72,7 +72,9 @@ def test_reference_model_only_when_beta_is_nonzero(tmp_path):
     assert trainer.ref_model is not None
     m = trainer.train_step()
     assert m["kl"] >= 0.0
-    assert m["kl"] > 0.0 or m["grad_norm"] == 0.0  # the second iteration moved away from the reference
+    # the second iteration moved away from the reference; else nothing moved (up to rounding: the reference
+    # pass and the policy's agree to ~1e-6, not bit for bit, once prompts are shared, grpo.share_prompt_prefix)
+    assert m["kl"] > 0.0 or m["grad_norm"] < 1e-6
 
 
 class CountingSync(LocalSync):

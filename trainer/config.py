@@ -186,6 +186,17 @@ class GRPOConfig:
     ref_offload: bool = meta("Keep the reference model (beta > 0) in CPU memory between steps, moving it to "
                              "model.device only for its no-grad log-prob pass.", default=False)
 
+    # --- speed (each is exact: the losses of a fixed batch match the plain path within 1e-5)
+    trim_padding: bool = meta("Drop the columns that are padding in every row of a micro-batch before its log-prob "
+                              "and update passes (and the last completion token, which is never an input).",
+                              default=True)
+    share_prompt_prefix: bool = meta("Run each distinct prompt of a micro-batch once in the log-prob and update "
+                                     "passes, its completions continuing from its KV cache (a group's G completions "
+                                     "share one prompt). Not under gradient_checkpointing or HSDP.", default=True)
+    fast_generation: bool = meta("hf backend: hdc's own sampling loop instead of transformers' generate: each prompt "
+                                 "prefilled once for its num_generations completions, then token by token on the "
+                                 "shared KV cache; the same sampling (and the same tokens for a seed).", default=True)
+
     def __post_init__(self) -> None:
         # a GRPOConfig built in Python gets the recipe's per-field checks and conversions
         # (scale_rewards=True -> "group", loss_type outside LOSS_TYPES refused); validate() adds

@@ -35,6 +35,7 @@ from trainer.logs import MetricsLogger, truncate_logs
 from trainer.lora import (BaseWeightsReference, LoraSpec, apply_lora, check_lora_options, export_state_dict,
                           save_final_model, trainable_parameters)
 from trainer.models import require_model_dir
+from trainer.passes import completion_logits
 from trainer.rewards import check_reward_columns, resolve_reward, reward_name, score
 from trainer.sync import GradientSync, LocalSync
 
@@ -136,7 +137,7 @@ class GRPOTrainer:
         self.updates_per_generation = args.updates_per_generation(world)
         self.sampler = PromptSampler(len(train_dataset), args.seed, shuffle=args.shuffle_dataset)
         self.backend = generation_backend or HFGenerationBackend(self.model, self.tokenizer, args.max_prompt_length,
-                                                                 bf16=args.bf16)
+                                                                 bf16=args.bf16, shared_prefill=args.fast_generation)
         self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p, top_k=args.top_k,
                                        min_p=args.min_p, repetition_penalty=args.repetition_penalty)
 
@@ -175,13 +176,15 @@ class GRPOTrainer:
             use_tis = self.tis.level != "none" and getattr(gen, "logprobs", None) is not None
             if use_tis:  # the sampler's own log-probs, for truncated importance sampling
                 batch["sampler_logps"] = pad_logprobs(gen.logprobs, batch["completion_ids"].shape[1]).to(self.device)
-            # 6. Behaviour log-probs (only when a batch is reused) and reference log-probs (beta > 0).
-            with self._timed(m, "time/reference_s"):
-                batch["old_logps"], batch["ref_logps"] = self._old_and_ref_logps(batch)
             batch["advantages"] = advantages
             # Shuffled before it is cut into micro-batches, as TRL does (seeded: a resumed run cuts it alike).
             order = generation_order(len(advantages), self.args.seed, self.step)
-            batch = {k: v[order] for k, v in batch.items() if v is not None}
+            batch = {k: v[order] for k, v in batch.items()}
+            # 6. Behaviour log-probs (only when a batch is reused) and reference log-probs (beta > 0), on the
+            #    micro-batches the update will see.
+            with self._timed(m, "time/reference_s"):
+                batch["old_logps"], batch["ref_logps"] = self._old_and_ref_logps(batch)
+            batch = {k: v for k, v in batch.items() if v is not None}
             # 7. Policy updates: num_iterations passes over the steps_per_generation micro-batches, an
             #    optimizer update (sync, step) after every gradient_accumulation_steps of them.
             stamps = self._update(batch, use_tis, m)
@@ -243,12 +246,17 @@ class GRPOTrainer:
         return group_advantages(rewards, args.num_generations, args.scale_rewards, batch_std).to(self.device)
 
     def _old_and_ref_logps(self, batch: dict):
+        """Behaviour and reference log-probs, micro-batch by micro-batch (the update's rows together, so a
+        policy still equal to the reference gets exactly its log-probs, and the peak memory of one)."""
+        size = self.args.per_device_train_batch_size
+        chunks = [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, len(batch["advantages"]), size)]
         with torch.no_grad():
-            old = self._logps(self.model, batch)[0] if self.updates_per_generation > 1 else None
+            old = (torch.cat([self._logps(self.model, mb)[0] for mb in chunks])
+                   if self.updates_per_generation > 1 else None)
             ref = None
             if self.ref_model is not None:  # on the model's device for this pass only when offloaded
                 with visiting(self.ref_model, self.device, self.ref_home) as model:
-                    ref = self._logps(model, batch)[0]
+                    ref = torch.cat([self._logps(model, mb)[0] for mb in chunks])
         return old, ref
 
     def _update(self, batch: dict, use_tis: bool, m: dict) -> list[tuple[float, float]]:
@@ -427,13 +435,27 @@ class GRPOTrainer:
 
     def _logps(self, model, batch: dict, with_entropy: bool = False):
         """Per-token log-probs of the completion tokens (and their entropies) under `model`: the forward
-        under bf16 autocast when grpo.bf16 (its backward then runs in the same dtypes), log-probs in fp32."""
+        under bf16 autocast when grpo.bf16 (its backward then runs in the same dtypes), log-probs in fp32;
+        all-padding columns dropped and each distinct prompt run once (trainer/passes.py), 0 on dropped
+        columns."""
         n = batch["completion_ids"].shape[1]
         with autocast(self.device, self.args.bf16):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           logits_to_keep=n + 1, use_cache=False).logits[:, :-1]
-        logps = token_logps(logits, batch["completion_ids"], self.args.temperature)
-        return logps, (token_entropy(logits, self.args.temperature) if with_entropy else None)
+            logits, kept = completion_logits(model, batch["input_ids"], batch["attention_mask"], n,
+                                             share_prefix=self._share_prefix(model), trim=self.args.trim_padding)
+        logps = token_logps(logits, batch["completion_ids"][:, :kept], self.args.temperature)
+        entropy = token_entropy(logits, self.args.temperature) if with_entropy else None
+        if kept < n:
+            logps = torch.nn.functional.pad(logps, (0, n - kept))
+            entropy = None if entropy is None else torch.nn.functional.pad(entropy, (0, n - kept))
+        return logps, entropy
+
+    def _share_prefix(self, model) -> bool:
+        """Prompt KV caches shared by a group's completions: not under gradient checkpointing (transformers
+        turns the cache off there) nor on an FSDP2-sharded model (one forward per micro-batch there)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        return (self.args.share_prompt_prefix and not (model.training and self.args.gradient_checkpointing)
+                and not isinstance(model, FSDPModule))
 
     def evaluate(self) -> dict[str, float]:
         if self.eval_dataset is None:
