@@ -60,6 +60,8 @@ class BaseWeightsReference:
     eval mode for the pass (what a frozen copy of the start model would compute, as B starts
     at 0); holds no weights of its own."""
 
+    training = False  # a reference pass never trains (what the passes ask of a model: trainer/passes.py)
+
     def __init__(self, model):
         self.model = model
 
