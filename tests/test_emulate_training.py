@@ -125,7 +125,7 @@ def test_wan_cut_mid_run_ends_every_rank_in_time_then_resume_continues(emu, tmp_
     assert 2 <= last < 6, ckpt
     # the link comes back (prefix route restored with it); resume from the last checkpoint
     subprocess.run(["ip", "-n", site_b.netns, "link", "set", site_b.dev, "up"], check=True)
-    before = len(logged_steps(out))
+    before = ks.step_losses(out)  # steps logged before the cut, the ones after the checkpoint included
     procs = start_train(spec, recipe, out, logs, resume=True)
     try:
         rc = launch.wait_ranks(procs, timeout_s=180)
@@ -133,7 +133,9 @@ def test_wan_cut_mid_run_ends_every_rank_in_time_then_resume_continues(emu, tmp_
         launch.stop(procs)
     assert rc == 0, (logs / "rank0.log").read_text()[-3000:]
     assert "final model:" in (logs / "rank0.log").read_text()
-    resumed = logged_steps(out)[before:]
-    assert resumed == list(range(last + 1, 7)), (ckpt, resumed)
-    assert ks.redone_steps_agree(out), "steps logged before the cut and redone after it agree"
+    steps = logged_steps(out)
+    assert steps == list(range(1, 7)), (ckpt, steps)  # each step once: resume cut the log back to the checkpoint
+    after = ks.step_losses(out)
+    assert all(after[k] == v for k, v in before.items()), "steps logged before the cut and redone after it agree"
+    resumed = steps[last:]
     print(f"resumed from {ckpt}: logged steps {resumed}")
