@@ -52,9 +52,11 @@ def raw_topology(ref: Any) -> dict:
 
 def raw_workload(ref: Any, rl: bool = False) -> dict:
     """A workload section; `rl`: an RL workload (presets in workloads/rl/, simulator.rl)."""
+    if not rl:
+        return _raw(ref, WORKLOAD_DIR, "workload")
     from simulator.rl import RL_WORKLOAD_DIR
 
-    return _raw(ref, RL_WORKLOAD_DIR if rl else WORKLOAD_DIR, "RL workload" if rl else "workload")
+    return _raw(ref, RL_WORKLOAD_DIR, "RL workload")
 
 
 def set_path(root: dict, dotted: str, value: Any) -> None:

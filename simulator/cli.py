@@ -7,7 +7,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from hdc.commands import add_strategy_args
+    from hdc.commands import add_strategy_args, positive_int
 
     p = sub.add_parser("simulate", help="predict a training step (time, MFU, scaling efficiency, links, memory)",
                        description="Simulate one training step in SimPy over the topology's network: "
@@ -45,14 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "tokens/s and bytes per link tier.")
     r.add_argument("--topology", required=True, metavar="PATH|PRESET", help="topology file or preset")
     r.add_argument("--workload", required=True, metavar="PATH|PRESET",
-                   help="RL workload file or preset (workloads/rl/: " + ", ".join(_rl_names()) + ")")
+                   help="RL workload file or preset (the files of workloads/rl/, e.g. deepscaler-1.5b)")
     add_strategy_args(r, required=False)
     r.add_argument("--placement", choices=("colocated", "split", "async"), default="colocated",
                    help="colocated: every GPU generates then trains; split: --generators generate, the rest "
                         "train; async: split with generation --async-steps ahead")
     r.add_argument("--generators", metavar="SITE[,SITE]|FRACTION", default=None,
                    help="split/async: the sites that generate, or the fraction of every site's nodes")
-    r.add_argument("--async-steps", type=_positive, default=1, metavar="K",
+    r.add_argument("--async-steps", type=positive_int("--async-steps"), default=1, metavar="K",
                    help="async: generation runs K steps ahead of training (default 1)")
     r.add_argument("--push-wire", choices=("bf16", "int8"), default="bf16",
                    help="weight push format: bf16 weights or int8 deltas (default bf16)")
@@ -60,18 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--timeline", metavar="OUT.json", default=None,
                    help="write the simulated steps' spans (group, phase, step, start_s, end_s)")
     r.set_defaults(handler=_simulate_rl)
-
-
-def _rl_names() -> list[str]:
-    from simulator.rl import rl_workload_names
-
-    return rl_workload_names()
-
-
-def _positive(text: str) -> int:
-    from hdc.commands import positive_int
-
-    return positive_int("--async-steps")(text)
 
 
 def _simulate_rl(args: argparse.Namespace) -> int:

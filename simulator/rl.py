@@ -236,9 +236,6 @@ class RLConstants:
     push_load_Bps_factor: float = meta("HBM bytes moved per pushed byte when an engine loads new weights "
                                        "(read + write)", gt=0.0, default=2.0)
 
-    def with_(self, **kw) -> "RLConstants":
-        return replace(self, **kw)
-
 
 # ----------------------------------------------------------------------------- cost models
 def forward_pass_s(model: ModelSpec, seq_len: int, seqs: int, tp: int, gpu, c: SimConstants) -> float:
@@ -379,7 +376,7 @@ def _interleave(counts: list[tuple[int, int]], total: int) -> list[int]:
 @dataclass
 class Groups:
     """Which GPUs generate and which train, per site."""
-    train: Optional[Topology]  # the trainers as a topology (for the step model); the whole one when colocated
+    train: Topology  # the trainers as a topology (for the step model); the whole one when colocated
     generators: dict[str, int]  # site -> generating GPUs
     trainers: dict[str, int]  # site -> training GPUs
     gpus: dict[str, int]  # site -> GPUs
@@ -519,8 +516,7 @@ def _push(work: RLWorkload, topo: Topology, groups: Groups, place: RLPlacement, 
     log2(engines) hops of latency (store-and-forward at the gateway, as a checkpoint relay does).
     int8 deltas: 1 byte per weight + a 4-byte scale per 1024 (hdc.wire)."""
     m, tp = work.model, work.generation_tp
-    wire = "bf16" if place.push_wire == "bf16" else "int8"
-    full = payload_bytes(m.num_params, wire) if wire == "int8" else m.num_params * work.weight_bytes
+    full = payload_bytes(m.num_params, "int8") if place.push_wire == "int8" else m.num_params * work.weight_bytes
     load_s = full / tp * rc.push_load_Bps_factor / c.hbm_Bps(topo.gpu.generation)
     tiers = {"intra_node": 0.0, "intra_pod": 0.0, "intra_site": 0.0, "wan": 0.0}
     if place.kind == "colocated":  # hf generates with the policy itself: nothing to push
@@ -535,13 +531,12 @@ def _push(work: RLWorkload, topo: Topology, groups: Groups, place: RLPlacement, 
         wan_s = 0.0
         if groups.trainers[s.name] == 0:
             src = min((j for j, n in enumerate(names) if groups.trainers[n]),
-                      key=lambda j: sum(topo.link((f"s{a}/gw", f"s{b}/gw")).latency_s
-                                        for a, b in _pairs(topo._wan_route(j, si))))
-            hops = _pairs(topo._wan_route(src, si))
-            cap = min(topo.link((f"s{a}/gw", f"s{b}/gw")).bandwidth_Bps for a, b in hops) * c.wan_efficiency
+                      key=lambda j: sum(link.latency_s for link in _wan_links(topo, j, si)))
+            links = _wan_links(topo, src, si)
+            cap = min(link.bandwidth_Bps for link in links) * c.wan_efficiency
             nic = topo.sites[src].intra_site.bandwidth_Bps * senders
-            wan_s = sum(topo.link((f"s{a}/gw", f"s{b}/gw")).latency_s for a, b in hops) + full / min(cap, nic)
-            tiers["wan"] += full * len(hops)
+            wan_s = sum(link.latency_s for link in links) + full / min(cap, nic)
+            tiers["wan"] += full * len(links)
         per_gpu = full / tp
         fan_s = per_gpu / s.intra_site.bandwidth_Bps + math.ceil(math.log2(max(engines, 1)) + 1) * s.intra_site.latency_s
         tiers["intra_site"] += per_gpu * groups.generators[s.name]
@@ -549,8 +544,10 @@ def _push(work: RLWorkload, topo: Topology, groups: Groups, place: RLPlacement, 
     return worst + load_s, tiers
 
 
-def _pairs(route):
-    return list(zip(route, route[1:]))
+def _wan_links(topo: Topology, a: int, b: int) -> list:
+    """The WAN links (hdc.topology.Link) on the route from site a to site b."""
+    route = topo._wan_route(a, b)
+    return [topo.link((f"s{x}/gw", f"s{y}/gw")) for x, y in zip(route, route[1:])]
 
 
 def _run_steps(place: RLPlacement, d: dict[str, float]) -> tuple[float, list]:
