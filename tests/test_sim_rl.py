@@ -193,6 +193,7 @@ def test_cli_prints_json_and_a_timeline(tmp_path, capsys):
     (["--placement", "colocated", "--generators", "dc-b"], "placement.kind"),
     (["--push-wire", "fp4"], "--push-wire"),
     (["--workload", "no-such-rl"], "RL workload"),
+    (["--timeline", "/no/such/folder/rl.json"], "--timeline"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(args, field, capsys):
     base = ["simulate-rl", "--topology", "nemotron-2dc", "--workload", "deepscaler-1.5b"]
@@ -216,6 +217,9 @@ def test_bad_flags_are_one_line_and_exit_2(args, field, capsys):
     ({"kv_cache_fraction": 0}, "kv_cache_fraction"),
     ({"train": {"pp": 3}}, "train.pp"),
     ({"model": "gpt-5"}, "model"),
+    ({"train": {"recompute": "half"}}, "train.recompute"),
+    ({"generation_tp": 3}, "generation_tp"),
+    ({"prompts_per_step": float("inf")}, "prompts_per_step"),
 ])
 def test_bad_rl_workloads_name_the_field(change, field, tmp_path, capsys):
     import yaml
