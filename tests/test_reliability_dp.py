@@ -2,6 +2,7 @@
 mid-step ends the job within distributed.timeout_s (no hang) with a message naming the rank
 and site (launcher) or the collective and group (a survivor on its own); --resume continues."""
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -103,7 +104,8 @@ def test_a_survivor_without_the_launcher_fails_its_collective_within_the_timeout
             p.wait()
     assert procs[0].returncode != 0
     assert latency_s < TIMEOUT_S + 2.0, latency_s
-    assert "hdc: " in text and "failed after 10 s timeout or error" in text, text[-3000:]
+    # a dead peer shows either as the timeout running out or at once as a reset connection
+    assert re.search(r"hdc: .* failed after [0-9.]+ s", text), text[-3000:]
     assert "over the world" in text or "group [" in text, text[-3000:]
     print(f"survivor: exited {latency_s:.2f} s after its peer was killed:",
           [line for line in text.splitlines() if "failed after" in line][-1])
