@@ -90,6 +90,34 @@ def write_rl_section(w, number: int) -> None:
                     "sources and assumptions in simulator/rl_published.py. The model is optimistic: it leaves "
                     "out the refit/offload between colocated phases and small log-prob batches.",
             fmt={"published step (s)": ".1f", "predicted step (s)": ".1f", "error": "+.1%"})
+    _trainer_check(w)
+
+
+def _trainer_check(w) -> None:
+    """The cost model on this machine's CPU ranks beside hdc's own trainer (experiments/rl_check.py)."""
+    from experiments import rl_check
+
+    found = rl_check.load_measurements()
+    if not found:
+        w.p("No trainer measurements are stored (experiments/rl_measured/ is empty).")
+        return
+    result = rl_check.compare(found)
+    phases = list(rl_check.PHASES.values())
+    rows = []
+    for r in result["rows"]:
+        cells = []
+        for p in phases:
+            e = r["error"].get(p)
+            cells.append(f"{r['measured'][p]:.3f} / {r['predicted'][p]:.3f}" + (f" ({e:+.0%})" if e is not None else ""))
+        rows.append((r["name"], r["describe"], *cells))
+    rows.append(("median |error|", "phases of at least 5 ms", *[
+        f"{result['median_abs_error'][p]:.1%}" if p in result["median_abs_error"] else "-" for p in phases]))
+    w.table("rl_trainer_check", ["config", "what ran", *[f"{p} (s) measured / predicted" for p in phases]], rows,
+            caption="simulate-rl's cost model, calibrated by a short probe on this machine (experiments/rl_check.py: "
+                    "the probe's own shapes, nothing fitted to these runs), re-predicting the per-phase times hdc "
+                    "train logged (time/generate_s, score_s, reference_s, update_s, sync_s, weight_sync_s, step_s; "
+                    "means over the steps after the first two) for the runs stored in experiments/rl_measured/ "
+                    "(benchmarks/rl_trainer_check.py). Completion lengths are the runs' logged means and maxima.")
 
 
 def _crossing(rows) -> str:

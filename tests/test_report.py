@@ -118,3 +118,15 @@ def test_section_8_sets_the_placements_side_by_side_from_simulate_rl(report):
     with open(os.path.join(report, "rl_published.csv"), newline="") as fh:
         published = list(csv.DictReader(fh))
     assert len(published) >= 2 and all(float(r["published step (s)"]) > 0 for r in published)
+
+
+def test_the_rl_section_re_predicts_the_stored_trainer_runs(report):
+    from experiments import rl_check
+
+    with open(os.path.join(report, "rl_trainer_check.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    stored = rl_check.load_measurements()
+    assert [r["config"] for r in rows[:-1]] == [m["name"] for m in stored]
+    assert rows[-1]["config"] == "median |error|"
+    want = rl_check.compare(stored)["median_abs_error"]["step"]
+    assert rows[-1]["step (s) measured / predicted"] == f"{want:.1%}"
