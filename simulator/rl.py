@@ -665,8 +665,8 @@ def simulate_rl(topology: Union[Topology, str], workload: Union[RLWorkload, str]
     prompts = _interleave(prompt_counts, seqs_per_engine)
     decoder = _Decoder(work, topo, c, rc)
     decode = decode_cost(work, decoder, prompts, lengths, slots)
-    # prefill: the G completions of a prompt share its prefix (vLLM's n-sampling / prefix cache)
-    # on vllm; hf's generate repeats the prompt once per row
+    # prefill: the G completions of a prompt share its prefix (vLLM's n-sampling / prefix cache,
+    # hdc's fast_generation: shared_prompt); transformers' generate repeats the prompt once per row
     prefill_seqs = prompts_per_engine if work.backend == "vllm" or work.shared_prompt else seqs_per_engine
     fc = rc.forward_constants(c)
     prefill_s = forward_pass_s(m, round(p_len), prefill_seqs, work.generation_tp, topo.gpu, fc)
@@ -716,7 +716,7 @@ def simulate_rl(topology: Union[Topology, str], workload: Union[RLWorkload, str]
         f"behaviour log-probs {'recomputed by the trainers' if behaviour else 'taken from the policy pass'}; "
         f"reference pass {'on (beta > 0)' if work.beta > 0 else 'skipped (beta = 0)'}",
         (f"prefill and log-prob passes on the step model's roofline (compute efficiency "
-         f"{c.compute_efficiency:.3g}), decode at {rc.decode_bandwidth_efficiency:.0%} of HBM bandwidth "
+         f"{fc.compute_efficiency:.3g}), decode at {rc.decode_bandwidth_efficiency:.0%} of HBM bandwidth "
          f"({c.hbm_Bps(topo.gpu.generation) / 1e12:.2f} TB/s) + {fmt_time(rc.decode_iteration_overhead_s)} "
          f"per iteration"),
     ]

@@ -7,6 +7,7 @@ import pytest
 
 from hdc.cli import main
 from hdc.config import from_dict
+from hdc.errors import UserError
 from hdc.topology import topology_from_dict
 from simulator import SimConstants
 from simulator.rl import (Lengths, RLConstants, RLPlacement, _Decoder, decode_cost, forward_pass_s,
@@ -270,3 +271,43 @@ def test_a_sweep_varies_placement_and_wan_for_simulate_rl(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({**grid, "base": {**grid["base"], "faults": {"slow_gpu_factor": 2}}}))
     assert main(["sweep", "--grid", str(bad), "--out", str(tmp_path / "y.csv")]) == 2
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()
+
+
+def test_how_a_trainer_lays_out_its_batches():
+    """padding, shared_prompt and behaviour_logprobs: what hdc's (and TRL's) trainer does vs packing."""
+    packed = workload()
+    assert packed.train_seq_len == round(packed.prompt_length.average + packed.completion_length.average)
+    padded = workload(padding="padded")
+    assert padded.train_seq_len == 512 + 4096
+    shared = workload(padding="padded", shared_prompt=True)
+    assert shared.train_seq_len == round(512 / 8 + 4096)
+    topo = two_sites()
+    auto = simulate_rl(topo, workload(backend="vllm"), placement(), "hierarchical")
+    sampler = simulate_rl(topo, workload(backend="vllm", behaviour_logprobs="sampler"), placement(), "hierarchical")
+    assert auto.detail_s["behaviour_s"] > 0 and sampler.detail_s["behaviour_s"] == 0
+    reused = simulate_rl(topo, workload(backend="vllm", behaviour_logprobs="sampler", num_iterations=2), placement(),
+                         "hierarchical")
+    assert reused.detail_s["behaviour_s"] > 0  # a reused batch needs its behaviour log-probs whatever the engine
+    hf = simulate_rl(topo, workload(backend="hf"), placement(), "hierarchical")
+    hf_shared = simulate_rl(topo, workload(backend="hf", shared_prompt=True), placement(), "hierarchical")
+    assert hf_shared.detail_s["prefill_s"] < hf.detail_s["prefill_s"] / 4  # one prefill per prompt, not per row
+
+
+def test_forward_and_decode_efficiencies_default_to_the_step_models():
+    topo, work = two_sites(), workload()
+    base = simulate_rl(topo, work, placement(), "hierarchical")
+    same = simulate_rl(topo, work, placement(), "hierarchical",
+                       rl_constants=RLConstants(forward_compute_efficiency=SimConstants().compute_efficiency,
+                                                decode_compute_efficiency=SimConstants().compute_efficiency))
+    assert same.step_time_s == pytest.approx(base.step_time_s, rel=1e-12)
+    slow = simulate_rl(topo, work, placement(), "hierarchical",
+                       rl_constants=RLConstants(forward_compute_efficiency=0.2))
+    assert slow.detail_s["reference_s"] > 3 * base.detail_s["reference_s"]
+    assert slow.phases_s["train"] == pytest.approx(base.phases_s["train"], rel=1e-12)
+
+
+@pytest.mark.parametrize("field, value, allowed", [("padding", "ragged", "packed"),
+                                                   ("behaviour_logprobs", "engine", "sampler")])
+def test_bad_batch_layout_names_the_field(field, value, allowed):
+    with pytest.raises(UserError, match=rf"^{field}: must be one of .*{allowed}.*got .{value}."):
+        workload(**{field: value})
