@@ -65,8 +65,8 @@ def test_completion_logits_and_gradients_match_the_full_forward(model_and_tokeni
     assert n_full == n and kept == (4 if trim else n)
     used = completion_mask[:, :kept]
     assert torch.allclose(fast[used], full[:, :kept][used], atol=1e-5)
-    for a, b in zip(fast_grads, full_grads):
-        assert torch.allclose(a, b, atol=1e-5)
+    for a, b in zip(fast_grads, full_grads):  # float32 sums in another order: 1e-5 of the gradient's scale
+        assert (a - b).abs().max() <= 1e-5 * max(1.0, float(b.abs().max())), float((a - b).abs().max())
 
 
 def trainer_with(tmp_path, **speedups) -> GRPOTrainer:
