@@ -267,7 +267,7 @@ def _fit_decode(raw: dict, model, peak: float, fc) -> tuple[float, float]:
     """(decode_iteration_overhead_s, decode_compute_efficiency) of the probe's generate calls."""
     from simulator.rl import RLConstants, _Decoder, decode_cost, forward_pass_s
 
-    topo = topology_of({"config": {}}, cpu_gpu(peak))
+    topo = one_rank(cpu_gpu(peak))
     c = replace(fc, compute_efficiency=1.0)
     cases = []
     for d in raw["decode"]:
@@ -307,14 +307,19 @@ def _lengths(values: list[float], maxima: list[float]):
     return Lengths(mean=min(statistics.mean(values), top), max=top)
 
 
+def one_rank(gpu: GPU) -> Topology:
+    """One process on this machine: one site of one rank."""
+    link = Tier(latency_s=1e-6, bandwidth_Bps=1e12)
+    return Topology(name="this-machine", gpu=gpu, wan=[], description="one process on this machine",
+                    sites=[Site(name="local", nodes=1, gpus_per_node=1, intra_node=link, intra_pod=link,
+                                intra_site=link)])
+
+
 def topology_of(m: dict, gpu: GPU) -> Topology:
     """The run's topology with the probe's CPU rank as its GPU: one site of one rank, or the
     emulated sites as `hdc validate`'s calibration models them (calibrate.fit, model_for)."""
     if m["config"].get("topology") is None:
-        link = Tier(latency_s=1e-6, bandwidth_Bps=1e12)
-        return Topology(name="this-machine", gpu=gpu, wan=[],
-                        sites=[Site(name="local", nodes=1, gpus_per_node=1, intra_node=link, intra_pod=link,
-                                    intra_site=link)], description="one process on this machine")
+        return one_rank(gpu)
     from hdc.topology import topology_from_dict
     from experiments.emulate import calibrate
 
