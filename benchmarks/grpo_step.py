@@ -73,8 +73,13 @@ def hdc_trainer(model: Path, train: Path, out: Path, steps: int, device: str = "
 
 
 def hdc_step(trainer) -> dict:
+    """One hdc step, timed to when all of its work is done: under grpo.async_generation that includes the
+    next round's rollout running in the background (waited for here, so it neither overlaps the next
+    trainer's step nor goes uncounted)."""
     start = time.perf_counter()
     m = trainer.train_step()
+    if trainer.pending_rollout is not None:
+        trainer.pending_rollout.exception()  # blocks until the background rollout is done
     trainer.step = trainer.updates
     return {"step_s": time.perf_counter() - start, **{k: m[k] for k in PHASES}}
 
@@ -142,14 +147,15 @@ def spread(xs: list[float]) -> tuple[float, float, float]:
     return min(xs), statistics.median(xs), max(xs)
 
 
-SPEEDUPS = ("trim_padding", "share_prompt_prefix", "fast_generation")
+SPEEDUPS = ("trim_padding", "share_prompt_prefix", "fast_generation", "onednn_linear")
 
 
 def ablation(model: Path, train: Path, root: Path, opts, same: dict) -> None:
     """Each speed-up alone against the plain path (all off), and all together: one hdc trainer per
     variant in this process, stepping in turn, warm-up left out; medians per phase."""
     variants = {"plain": {s: False for s in SPEEDUPS}, **{f"+{s}": {t: t == s for t in SPEEDUPS} for s in SPEEDUPS},
-                "all": {s: True for s in SPEEDUPS}}
+                "all": {s: True for s in SPEEDUPS},
+                "all+async_generation": {**{s: True for s in SPEEDUPS}, "async_generation": True}}
     trainers = {name: hdc_trainer(model, train, root / name.strip("+"), opts.steps, overrides=v, **same)
                 for name, v in variants.items()}
     torch.set_num_threads(opts.threads)

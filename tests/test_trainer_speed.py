@@ -1,5 +1,6 @@
 """Each speed-up of the GRPO step keeps the losses of a fixed batch equal to the plain path (1e-5):
-padding trimmed, prompts shared by their group's completions, hdc's own sampling loop.
+padding trimmed, prompts shared by their group's completions, hdc's own sampling loop, the CPU's
+fp32 linear layers through oneDNN.
 
 Real parts throughout: the tiny local Qwen2 (trainer/selfcheck/assets.py), a real GRPOTrainer,
 real transformers generate as the reference the sampling loop must reproduce.
@@ -13,10 +14,12 @@ from trainer.config import GRPOConfig
 from trainer.data import format_prompt, load_jsonl
 from trainer.generation import HFGenerationBackend, SamplingParams
 from trainer.grpo import GRPOTrainer
+from trainer.kernels import OneDNNLinear
 from trainer.passes import completion_logits, padding_columns
 from trainer.selfcheck.assets import tiny_assets
 
-SPEEDUPS = ("trim_padding", "share_prompt_prefix", "fast_generation")
+SPEEDUPS = ("trim_padding", "share_prompt_prefix", "fast_generation", "onednn_linear")
+BATCH_SPEEDUPS = ("trim_padding", "share_prompt_prefix", "onednn_linear")  # the ones acting on a fixed batch
 
 
 @pytest.fixture(scope="module")
@@ -78,21 +81,23 @@ def trainer_with(tmp_path, **speedups) -> GRPOTrainer:
                        load_jsonl(str(assets.data / "train.jsonl")))
 
 
-@pytest.mark.parametrize("speedup", SPEEDUPS[:2])
+@pytest.mark.parametrize("speedup", BATCH_SPEEDUPS)
 def test_a_fixed_batchs_losses_match_the_plain_path(tmp_path, speedup):
     """The same batch (sampled once) through the plain trainer and one with `speedup`: reference
     log-probs, loss, KL and gradients within 1e-5."""
     plain = trainer_with(tmp_path / "plain", **{s: False for s in SPEEDUPS})
     fast = trainer_with(tmp_path / "fast", **{s: s == speedup for s in SPEEDUPS})
+    swapped = any(isinstance(m, OneDNNLinear) for m in fast.model.modules())
+    assert swapped == (speedup == "onednn_linear") and not any(isinstance(m, OneDNNLinear) for m in plain.model.modules())
     _, _, texts = plain._sample_prompts()
-    gen = plain._generate(texts)
+    gen = plain._generate(texts, plain.step)
     batch = plain._batch(plain._repeat(texts), gen.completion_ids, gen.truncated)
     assert batch["attention_mask"].bool().all(0).logical_not().any(), "the batch has padding to skip"
     batch["advantages"] = torch.linspace(-1, 1, len(gen.completion_ids))
     out = {}
     for name, trainer in (("plain", plain), ("fast", fast)):
         b = dict(batch)
-        b["old_logps"], b["ref_logps"] = trainer._old_and_ref_logps(b)
+        b["old_logps"], b["ref_logps"] = trainer._old_and_ref_logps(b, trainer.model)
         trainer.model.zero_grad()
         loss, stats, entropy, _ = trainer._micro_batch_loss({k: v for k, v in b.items() if v is not None},
                                                             False, 1, float(b["completion_mask"].sum()))
@@ -103,8 +108,8 @@ def test_a_fixed_batchs_losses_match_the_plain_path(tmp_path, speedup):
     assert torch.allclose(ref_a[mask], ref_b[mask], atol=1e-5)
     assert abs(float(loss_a - loss_b)) < 1e-5 and abs(kl_a - kl_b) < 1e-5
     assert torch.allclose(ent_a[mask], ent_b[mask], atol=1e-5)
-    for a, b in zip(g_a, g_b):
-        assert torch.allclose(a, b, atol=1e-5)
+    for a, b in zip(g_a, g_b):  # float32 sums in another order: 1e-5 of the gradient's scale
+        assert (a - b).abs().max() <= 1e-5 * max(1.0, float(b.abs().max())), float((a - b).abs().max())
 
 
 @pytest.mark.parametrize("params", [
@@ -135,5 +140,5 @@ def test_the_trainer_samples_the_same_rollouts_with_fast_generation(tmp_path):
     for trainer in (plain, fast):
         _, _, texts = trainer._sample_prompts()
         torch.manual_seed(3)
-        gens.append(trainer._generate(texts))
+        gens.append(trainer._generate(texts, trainer.step))
     assert gens[0].completion_ids == gens[1].completion_ids and gens[0].texts == gens[1].texts

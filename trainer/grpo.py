@@ -9,6 +9,7 @@ The trainer does not know how gradients are shared between processes: it is hand
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import dataclasses
@@ -31,6 +32,7 @@ from trainer.data import PromptSampler, evaluate_exact_match, format_prompt
 from trainer.device import autocast, check_bf16, check_precision, resolve_device, visiting
 from trainer.generation import GenerationBackend, HFGenerationBackend, SamplingParams, encode_prompts
 from trainer.guards import StepGuard
+from trainer.kernels import use_onednn_linear
 from trainer.logs import MetricsLogger, truncate_logs
 from trainer.lora import (BaseWeightsReference, LoraSpec, apply_lora, check_lora_options, export_state_dict,
                           save_final_model, trainable_parameters)
@@ -67,6 +69,26 @@ def sync_wait_parts(stamps: Sequence[Sequence[tuple[float, float]]]) -> tuple[fl
     return skew, collective
 
 
+@dataclasses.dataclass
+class Rollout:
+    """One generation round before it is scored: its prompts and completions, and the token tensors in
+    the shuffled order the update reads, with behaviour and reference log-probs."""
+
+    rows: list
+    prompts: list
+    gen: Any
+    batch: dict[str, torch.Tensor]
+    order: torch.Tensor
+    metrics: dict[str, float]  # time/generate_s, time/reference_s
+
+
+@torch.no_grad()
+def copy_weights(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    """dst's parameters <- src's, in place (dst a copy of src's architecture)."""
+    for d, p in zip(dst.parameters(), src.parameters()):
+        d.copy_(p)
+
+
 class GRPOTrainer:
     def __init__(self, model: str | torch.nn.Module, reward_funcs: Any, args: GRPOConfig, train_dataset: Any,
                  eval_dataset: Any = None, processing_class: Any = None, data: DataConfig | None = None,
@@ -99,6 +121,8 @@ class GRPOTrainer:
         if lora is not None:  # base weights frozen: the optimizer, the sync and checkpoints see the adapters only
             check_lora_options(args)
             self.model = apply_lora(self.model, lora)
+        if args.onednn_linear:  # before the reference is copied: it runs the same kernels
+            use_onednn_linear(self.model)
         self.tokenizer = processing_class or AutoTokenizer.from_pretrained(self.model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -136,13 +160,22 @@ class GRPOTrainer:
         self.prompts_per_process = self.prompts_per_step // world
         self.updates_per_generation = args.updates_per_generation(world)
         self.sampler = PromptSampler(len(train_dataset), args.seed, shuffle=args.shuffle_dataset)
-        self.backend = generation_backend or HFGenerationBackend(self.model, self.tokenizer, args.max_prompt_length,
-                                                                 bf16=args.bf16, shared_prefill=args.fast_generation)
+        # grpo.async_generation: rollouts come from a snapshot of the policy, on a background thread
+        self.rollout_model = self._rollout_snapshot(generation_backend, lora)
+        self.rollout_pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hdc-rollout")
+                             if self.rollout_model is not None else None)
+        self.pending_rollout: concurrent.futures.Future | None = None
+        self.backend = generation_backend or HFGenerationBackend(
+            self.rollout_model or self.model, self.tokenizer, args.max_prompt_length, bf16=args.bf16,
+            shared_prefill=args.fast_generation)
         self.sampling = SamplingParams(args.max_completion_length, args.temperature, args.top_p, top_k=args.top_k,
                                        min_p=args.min_p, repetition_penalty=args.repetition_penalty)
 
         # attach first: the distributed optimizer shards the parameters it sees there
         self.grad_sync.attach(self.model)
+        if self.rollout_model is not None and self._sharded(self.model):
+            raise UserError("grpo.async_generation: not with distributed.shard_within_site (the snapshot would "
+                            "hold the full weights on every rank)")
         self.optimizer = self.grad_sync.make_optimizer(
             torch.optim.AdamW, trainable_parameters(self.model), lr=args.learning_rate, weight_decay=args.weight_decay,
             betas=(args.adam_beta1, args.adam_beta2))
@@ -155,46 +188,91 @@ class GRPOTrainer:
         self.step = 0  # = updates at the start of a round: TRL's global step
         self.logger: MetricsLogger | None = None
 
+    def _rollout_snapshot(self, generation_backend, lora) -> torch.nn.Module | None:
+        """grpo.async_generation: a frozen copy of the policy that generates the next round while
+        the policy updates (its weights refreshed from the policy as each round starts); None otherwise."""
+        if not self.args.async_generation:
+            return None
+        if generation_backend is not None:
+            raise UserError("grpo.async_generation: needs the hf generation backend (generation.backend hf); "
+                            "a vLLM engine holds its own weights and is not overlapped yet")
+        if lora is not None:
+            raise UserError("grpo.async_generation: not with model.lora yet (the reference pass runs the "
+                            "policy's own base weights); set one of them off")
+        return copy.deepcopy(self.model).eval().requires_grad_(False)
+
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
-        """One generation round: sample, score, advantages, then the policy updates on it."""
+        """One generation round: sample, score, advantages, then the policy updates on it. With
+        grpo.async_generation the round's rollout was made during the previous round's updates (by the
+        weights before them), and the next round's rollout is made during this round's updates."""
         m: dict[str, float] = {}  # this step's metrics; timings go in through self._timed(m, name)
         with self._timed(m, "time/step_s"):
-            # 1. Prompts: this process's share of the step's prompts, each repeated G times below.
-            rows, prompts, prompt_texts = self._sample_prompts()
-            # 2. Generate G completions per prompt (adjacent), cut after EOS.
-            with self._timed(m, "time/generate_s"):
-                gen = self._generate(prompt_texts)
-            # 3. Rewards: every dataset column, and TRL's other keywords, reach the reward functions.
+            if self.rollout_model is None:
+                rollout = self._rollout(self._sample_prompts(), self.step, self.model)
+            else:
+                rollout = self._next_rollout(m)
+            m.update(rollout.metrics)
+            # 4. Rewards, on this thread (reward functions may rely on signals, as math-verify's timeouts
+            #    do): every dataset column, and TRL's other keywords, reach the reward functions.
             with self._timed(m, "time/score_s"):
-                per_func, totals, extra_columns = self._score(rows, prompts, gen, m)
-            # 4. Group-relative advantages (a group never spans processes; 'batch' scaling uses the step).
+                per_func, totals, extra_columns = self._score(rollout.rows, rollout.prompts, rollout.gen, m)
+            # 5. Group-relative advantages (a group never spans processes; 'batch' scaling uses the step),
+            #    in the order the batch was shuffled into.
             rewards = torch.tensor(totals, dtype=torch.float32)
             advantages = self._advantages(rewards)
-            # 5. Token tensors: left-padded prompts + right-padded completions; loss mask ends at EOS.
-            batch = self._batch(self._repeat(prompt_texts), gen.completion_ids, gen.truncated)
-            use_tis = self.tis.level != "none" and getattr(gen, "logprobs", None) is not None
-            if use_tis:  # the sampler's own log-probs, for truncated importance sampling
-                batch["sampler_logps"] = pad_logprobs(gen.logprobs, batch["completion_ids"].shape[1]).to(self.device)
-            batch["advantages"] = advantages
-            # Shuffled before it is cut into micro-batches, as TRL does (seeded: a resumed run cuts it alike).
-            order = generation_order(len(advantages), self.args.seed, self.step)
-            batch = {k: v[order] for k, v in batch.items()}
-            # 6. Behaviour log-probs (only when a batch is reused) and reference log-probs (beta > 0), on the
-            #    micro-batches the update will see.
-            with self._timed(m, "time/reference_s"):
-                batch["old_logps"], batch["ref_logps"] = self._old_and_ref_logps(batch)
-            batch = {k: v for k, v in batch.items() if v is not None}
-            # 7. Policy updates: num_iterations passes over the steps_per_generation micro-batches, an
+            batch = dict(rollout.batch, advantages=advantages[rollout.order])
+            # 6. Policy updates: num_iterations passes over the steps_per_generation micro-batches, an
             #    optimizer update (sync, step) after every gradient_accumulation_steps of them.
-            stamps = self._update(batch, use_tis, m)
+            stamps = self._update(batch, "sampler_logps" in batch, m)
             with self._timed(m, "time/weight_sync_s"):
                 self.backend.update_weights(self.model)  # after the all-gather: vLLM gets the full new weights
-        # 8. Metrics, over every process.
-        self._step_metrics(m, per_func, rewards, advantages, gen)
+        # 7. Metrics, over every process.
+        self._step_metrics(m, per_func, rewards, advantages, rollout.gen)
         m = self._gather_metrics(m, stamps)
-        self._log_completions(prompts, gen, totals, advantages, per_func, extra_columns)
+        self._log_completions(rollout.prompts, rollout.gen, totals, advantages, per_func, extra_columns)
         return m
+
+    def _rollout(self, sampled: tuple[list, list, list[str]], step: int, model: torch.nn.Module) -> "Rollout":
+        """A round's batch from its sampled prompts, generated by `model` (the policy, or under
+        grpo.async_generation its snapshot, on a background thread: nothing here may touch the policy,
+        the optimizer, a reward function or a collective then)."""
+        rows, prompts, prompt_texts = sampled
+        m: dict[str, float] = {}
+        # 1. Generate G completions per prompt (adjacent), cut after EOS.
+        with self._timed(m, "time/generate_s"):
+            gen = self._generate(prompt_texts, step)
+        # 2. Token tensors: left-padded prompts + right-padded completions; loss mask ends at EOS.
+        batch = self._batch(self._repeat(prompt_texts), gen.completion_ids, gen.truncated)
+        if self.tis.level != "none" and getattr(gen, "logprobs", None) is not None:
+            # the sampler's own log-probs, for truncated importance sampling
+            batch["sampler_logps"] = pad_logprobs(gen.logprobs, batch["completion_ids"].shape[1]).to(self.device)
+        # Shuffled before it is cut into micro-batches, as TRL does (seeded: a resumed run cuts it alike).
+        order = generation_order(len(gen.completion_ids), self.args.seed, step)
+        batch = {k: v[order] for k, v in batch.items()}
+        # 3. Behaviour log-probs (when a batch is reused, or made by the weights before an update) and
+        #    reference log-probs (beta > 0), on the micro-batches the update will see.
+        with self._timed(m, "time/reference_s"):
+            old, ref = self._old_and_ref_logps(batch, model)
+        batch.update({k: v for k, v in (("old_logps", old), ("ref_logps", ref)) if v is not None})
+        return Rollout(rows, prompts, gen, batch, order, m)
+
+    def _next_rollout(self, m: dict) -> "Rollout":
+        """grpo.async_generation: this round's rollout (made in the background during the last round's
+        updates; the first round makes its own), and the next round's started on the weights of now."""
+        pending, self.pending_rollout = self.pending_rollout, None
+        if pending is None:  # the first round (or the first after a resume): on the policy's weights of now
+            copy_weights(self.rollout_model, self.model)
+            rollout = self._rollout(self._sample_prompts(), self.step, self.rollout_model)
+        else:
+            with self._timed(m, "time/rollout_wait_s"):  # what the background did not hide
+                rollout = pending.result()
+        if self.step + self.updates_per_generation < self.args.max_steps:  # a later round will use it
+            with self._timed(m, "time/weight_sync_s"):
+                copy_weights(self.rollout_model, self.model)
+            self.pending_rollout = self.rollout_pool.submit(
+                self._rollout, self._sample_prompts(), self.step + self.updates_per_generation, self.rollout_model)
+        return rollout
 
     # ------------------------------------------------------------------ the step's parts
     def _repeat(self, xs: list) -> list:
@@ -211,12 +289,12 @@ class GRPOTrainer:
                  for p in prompts]
         return rows, prompts, texts
 
-    def _generate(self, prompt_texts: list[str]):
+    def _generate(self, prompt_texts: list[str], step: int):
         args, sampling = self.args, self.sampling
         if args.deterministic_rollouts:  # a seed per prompt of the step: the same on any number of processes
             first = self.grad_sync.rank * self.prompts_per_process
             sampling = dataclasses.replace(sampling, seeds=tuple(
-                (args.seed * 1_000_003 + self.step * 10_007 + first + i) % 2**31 for i in range(len(prompt_texts))))
+                (args.seed * 1_000_003 + step * 10_007 + first + i) % 2**31 for i in range(len(prompt_texts))))
         with self.grad_sync.full_parameters(self.model):  # a sharded model: one all-gather, not one per token
             return self.backend.generate(prompt_texts, args.num_generations, sampling)
 
@@ -245,14 +323,17 @@ class GRPOTrainer:
             batch_std = std_from_moments(*sync.all_reduce_sum(reward_moments(rewards)))
         return group_advantages(rewards, args.num_generations, args.scale_rewards, batch_std).to(self.device)
 
-    def _old_and_ref_logps(self, batch: dict):
-        """Behaviour and reference log-probs, micro-batch by micro-batch (the update's rows together, so a
-        policy still equal to the reference gets exactly its log-probs, and the peak memory of one)."""
+    def _old_and_ref_logps(self, batch: dict, model: torch.nn.Module):
+        """Behaviour log-probs under `model`, the weights that generated the batch (needed when the batch
+        is reused, or is a step old under grpo.async_generation), and reference log-probs, micro-batch by
+        micro-batch (the update's rows together, so a policy still equal to the reference gets exactly its
+        log-probs, and the peak memory of one)."""
         size = self.args.per_device_train_batch_size
-        chunks = [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, len(batch["advantages"]), size)]
+        rows = len(batch["completion_ids"])
+        chunks = [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, rows, size)]
         with torch.no_grad():
-            old = (torch.cat([self._logps(self.model, mb)[0] for mb in chunks])
-                   if self.updates_per_generation > 1 else None)
+            old = (torch.cat([self._logps(model, mb)[0] for mb in chunks])
+                   if self.updates_per_generation > 1 or model is not self.model else None)
             ref = None
             if self.ref_model is not None:  # on the model's device for this pass only when offloaded
                 with visiting(self.ref_model, self.device, self.ref_home) as model:
@@ -452,10 +533,14 @@ class GRPOTrainer:
     def _share_prefix(self, model) -> bool:
         """Prompt KV caches shared by a group's completions: not under gradient checkpointing (transformers
         turns the cache off there) nor on an FSDP2-sharded model (one forward per micro-batch there)."""
+        return (self.args.share_prompt_prefix and not (model.training and self.args.gradient_checkpointing)
+                and not self._sharded(model))
+
+    @staticmethod
+    def _sharded(model: torch.nn.Module) -> bool:
         from torch.distributed.fsdp import FSDPModule
 
-        return (self.args.share_prompt_prefix and not (model.training and self.args.gradient_checkpointing)
-                and not isinstance(model, FSDPModule))
+        return isinstance(model, FSDPModule)
 
     def evaluate(self) -> dict[str, float]:
         if self.eval_dataset is None:
